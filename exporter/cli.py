@@ -1,0 +1,186 @@
+"""Command line: run the exporter (default), `check-config FILE`, `why`.
+
+Any bad input ends in one line on stderr and exit status 2, never a traceback.
+"""
+import argparse
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+
+from . import __version__, config as cfgmod
+from .collectors import REGISTRY
+
+log = logging.getLogger("hoofhearted")
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _flag_map():
+    """Flags with a config path: --web.listen-address -> ("web", "listen_address")."""
+    return {
+        "web.listen_address": ("web", "listen_address"),
+        "web.config_file": ("web", "config_file"),
+        "web.max_requests": ("web", "max_requests"),
+        "path.procfs": ("paths", "procfs"),
+        "path.sysfs": ("paths", "sysfs"),
+        "path.rootfs": ("paths", "rootfs"),
+        "log.level": ("log", "level"),
+    }
+
+
+def run_parser():
+    p = Parser(prog="hoofhearted", description="Prometheus exporter: why is my server's fan running?",
+               epilog="Subcommands: 'hoofhearted check-config FILE', 'hoofhearted why --help'.")
+    p.add_argument("--version", action="version", version=f"hoofhearted {__version__}")
+    p.add_argument("--config.file", dest="config_file", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--web.listen-address", dest="web.listen_address", metavar="HOST:PORT",
+                   help="address to serve on (default 127.0.0.1:10101; port 0 picks a free one)")
+    p.add_argument("--web.config.file", dest="web.config_file", metavar="FILE",
+                   help="exporter-toolkit web config (TLS, basic auth, headers)")
+    p.add_argument("--web.max-requests", dest="web.max_requests", metavar="N",
+                   help="concurrent requests served before answering 503 (default 40)")
+    p.add_argument("--path.procfs", dest="path.procfs", metavar="DIR", help="procfs mount point (default /proc)")
+    p.add_argument("--path.sysfs", dest="path.sysfs", metavar="DIR", help="sysfs mount point (default /sys)")
+    p.add_argument("--path.rootfs", dest="path.rootfs", metavar="DIR",
+                   help="root filesystem mount point, for filesystem sizes (default /)")
+    p.add_argument("--log.level", dest="log.level", metavar="LEVEL", help="debug, info, warning or error")
+    for name in REGISTRY:
+        p.add_argument(f"--collector.{name}", dest=f"collector.{name}", action="store_const", const=True,
+                       help=f"enable the {name} collector")
+        p.add_argument(f"--no-collector.{name}", dest=f"collector.{name}", action="store_const", const=False,
+                       help=argparse.SUPPRESS)
+    return p
+
+
+def parse_run_args(argv, environ):
+    args = vars(run_parser().parse_args(argv))
+    flags = {}
+    for dest, path in _flag_map().items():
+        if args.get(dest) is not None:
+            flags[path] = args[dest]
+    for name in REGISTRY:
+        if args.get(f"collector.{name}") is not None:
+            flags[("collectors", name, "enabled")] = args[f"collector.{name}"]
+    file = args["config_file"] or environ.get("HOOFHEARTED_CONFIG_FILE")
+    env = {k: v for k, v in environ.items() if k != "HOOFHEARTED_CONFIG_FILE"}
+    return cfgmod.build(file=file, environ=env, flags=flags)
+
+
+class LogfmtFormatter(logging.Formatter):
+    """'text key=value ...' messages become logfmt lines: ts=.. level=.. msg="text" key=value."""
+
+    def format(self, record):
+        ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        words = record.getMessage().replace('"', "'").split(" ")
+        k = next((i for i, w in enumerate(words) if "=" in w), len(words))
+        text, rest = " ".join(words[:k]), " ".join(words[k:])
+        line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{text}"'
+        return line + (" " + rest if rest else "")
+
+
+def setup_logging(level):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
+
+
+def serve(config, ready_event=None, stop_event=None):
+    """Build collectors, start refresh threads and the HTTP server; block until stopped."""
+    from . import collectors
+    from .scheduler import Scheduler
+    from .server import Server
+    from .webconfig import load_server_security
+
+    security = load_server_security(config)
+    host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
+    try:
+        built = collectors.build(config)
+    except cfgmod.ConfigError:
+        raise
+    hooks = []
+    if config["grafana_live"]["url"]:
+        from .live import LivePusher
+        pusher = LivePusher(config)
+        hooks.append(pusher.hook)
+        built.append(pusher)
+    sched = Scheduler(built, config, on_refresh=hooks)
+    try:
+        server = security.make_server((host, port), sched, config)
+    except OSError as e:
+        sched.stop()
+        why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise cfgmod.ConfigError(f"--web.listen-address {config['web']['listen_address']}: {why}") from None
+    sched.start()
+    server.serve_in_thread()
+    bound = server.server_address
+    shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+    log.info("listening address=%s collectors=%s", shown, ",".join(j.name for j in sched.jobs))
+    stop = stop_event or threading.Event()
+    if ready_event:
+        ready_event.set()
+
+    def on_term(signum, frame):
+        stop.set()
+
+    def on_hup(signum, frame):
+        security.reload(log_errors=True)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+    stop.wait()
+    log.info("shutting down")
+    server.shutdown()
+    server.server_close()
+    sched.stop(timeout=1.0)
+    return 0
+
+
+def check_config(argv):
+    p = Parser(prog="hoofhearted check-config", description="Validate a configuration file and exit.")
+    p.add_argument("file")
+    args = p.parse_args(argv)
+    cfg = cfgmod.build(file=args.file, environ={})
+    if cfg["web"]["config_file"]:
+        from .webconfig import load_web_config
+        load_web_config(cfg["web"]["config_file"])
+    print(f"{args.file}: OK")
+    return 0
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "check-config":
+            return check_config(argv[1:])
+        if argv and argv[0] == "why":
+            from . import why
+            return why.main(argv[1:])
+        config = parse_run_args(argv, os.environ)
+        setup_logging(config["log"]["level"])
+        return serve(config)
+    except UsageError as e:
+        print(f"hoofhearted: error: {e}", file=sys.stderr)
+        return 2
+    except cfgmod.ConfigError as e:
+        print(f"hoofhearted: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Sensors: temperatures, fans, PWM and power (hwmon, thermal zones); RAPL CPU energy."""
+import logging
+
+from ..sources import sensors
+from .base import Collector, counter, gauge
+
+log = logging.getLogger("hoofhearted.sensors")
+
+
+class SensorsCollector(Collector):
+    name = "sensors"
+    tier = "critical"
+    escalates = True
+
+    def __init__(self, sysfs="/sys"):
+        super().__init__()
+        self.sysfs = sysfs
+
+    @classmethod
+    def create(cls, config):
+        return cls(config["paths"]["sysfs"])
+
+    def update(self, now):
+        snap = self.snapshot = sensors.read_sensors(self.sysfs)
+        chip = gauge("hoofhearted_sensor_chip_info", "A sensor chip and the driver that provides it.",
+                     ["chip", "chip_name"])
+        for c, driver in sorted(snap.chips.items()):
+            chip.add_metric([c, driver], 1)
+        temp = gauge("hoofhearted_temperature_celsius", "Temperature reading of a sensor.",
+                     ["chip", "sensor", "label"])
+        tmax = gauge("hoofhearted_temperature_max_celsius", "Temperature above which the sensor reports 'high'.",
+                     ["chip", "sensor", "label"])
+        tcrit = gauge("hoofhearted_temperature_critical_celsius",
+                      "Temperature at which the hardware protects itself.", ["chip", "sensor", "label"])
+        for t in snap.temperatures:
+            labels = [t.chip, t.sensor, t.label]
+            temp.add_metric(labels, t.celsius)
+            if t.max_celsius is not None:
+                tmax.add_metric(labels, t.max_celsius)
+            if t.critical_celsius is not None:
+                tcrit.add_metric(labels, t.critical_celsius)
+        rpm = gauge("hoofhearted_fan_speed_rpm", "Fan speed.", ["chip", "fan", "label"])
+        rpm_max = gauge("hoofhearted_fan_max_rpm", "Highest speed the fan is rated for.", ["chip", "fan"])
+        rpm_min = gauge("hoofhearted_fan_min_rpm", "Lowest speed the fan is set to.", ["chip", "fan"])
+        for f in snap.fans:
+            rpm.add_metric([f.chip, f.fan, f.label], f.rpm)
+            if f.max_rpm is not None:
+                rpm_max.add_metric([f.chip, f.fan], f.max_rpm)
+            if f.min_rpm is not None:
+                rpm_min.add_metric([f.chip, f.fan], f.min_rpm)
+        pwm = gauge("hoofhearted_fan_pwm_ratio", "Fan drive duty cycle (0-1).", ["chip", "fan"])
+        for p in snap.pwms:
+            pwm.add_metric([p.chip, p.fan], p.ratio)
+        power = gauge("hoofhearted_power_watts", "Power drawn, as reported by a hardware monitor.",
+                      ["chip", "sensor"])
+        for p in snap.power:
+            power.add_metric([p.chip, p.sensor], p.watts)
+        return [chip, temp, tmax, tcrit, rpm, rpm_max, rpm_min, pwm, power]
+
+    def hot(self, thresholds):
+        if self.snapshot is None:
+            return ()
+        cpu = self.snapshot.cpu_chips()
+        limit = thresholds["cpu_temperature_celsius"]
+        if any(t.chip in cpu and t.celsius >= limit for t in self.snapshot.temperatures):
+            return ("cpu_temperature",)
+        return ()
+
+
+class RAPLCollector(Collector):
+    """CPU energy counters; a wrap of the hardware counter is folded in so the total only grows."""
+
+    name = "rapl"
+    tier = "standard"
+
+    def __init__(self, sysfs="/sys"):
+        super().__init__()
+        self.sysfs = sysfs
+        self.prev = {}       # domain -> (raw µJ, offset µJ, now)
+        self.logged_denied = False
+
+    @classmethod
+    def create(cls, config):
+        return cls(config["paths"]["sysfs"])
+
+    def update(self, now):
+        zones, denied = sensors.read_rapl(self.sysfs)
+        self.snapshot = zones
+        if denied and not self.logged_denied:
+            log.warning("RAPL energy counters need root, skipped domains=%s", ",".join(denied))
+            self.logged_denied = True
+        energy = counter("hoofhearted_cpu_energy_joules", "Energy used by a RAPL domain (CPU package, cores, DRAM).",
+                         ["domain"])
+        watts = gauge("hoofhearted_cpu_power_watts", "Average power of a RAPL domain since the last refresh.",
+                      ["domain"])
+        seen = {}
+        for z in zones:
+            raw, offset, then = z.energy_uj, 0, None
+            if z.domain in self.prev:
+                prev_raw, offset, then = self.prev[z.domain]
+                if raw < prev_raw:
+                    offset += z.max_energy_range_uj or prev_raw
+                if now > then:
+                    watts.add_metric([z.domain], ((raw + offset) - (prev_raw + self.prev[z.domain][1])) / 1e6 / (now - then))
+            seen[z.domain] = (raw, offset, now)
+            energy.add_metric([z.domain], (raw + offset) / 1e6)
+        self.prev = seen
+        return [energy, watts]

@@ -1,0 +1,328 @@
+"""Configuration: defaults, YAML file, HOOFHEARTED_* environment, flags; validated into a dict.
+
+Precedence: flag > environment > file > default. Every error is a ConfigError whose message
+names the bad key and what was expected; the CLI prints it on one line and exits 2.
+"""
+import copy
+import ipaddress
+import os
+import re
+
+import yaml
+
+TIERS = ("critical", "important", "standard", "background")
+
+
+class ConfigError(Exception):
+    """A bad setting. str(err) is the one-line message for the user."""
+
+
+class Field:
+    def __init__(self, kind, default, check=None, expect=None, nullable=False):
+        self.kind = kind          # "int", "float", "bool", "str", "list_int", "list_str"
+        self.default = default
+        self.check = check        # callable(value) -> bool
+        self.expect = expect      # words for the error message
+        self.nullable = nullable
+
+    def parse(self, key, value, from_text=False):
+        if value is None and self.nullable:
+            return None
+        if from_text:
+            value = _from_text(self.kind, value)
+        ok, value = _coerce(self.kind, value)
+        if not ok or (self.check and not self.check(value)):
+            raise ConfigError(f"{key}: expected {self.expect or _WORDS[self.kind]}, got {value!r}")
+        return value
+
+
+_WORDS = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "list_int": "a list of integers", "list_str": "a list of strings",
+}
+
+
+def _from_text(kind, text):
+    """Environment and flag values arrive as text."""
+    if kind == "bool":
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        return text
+    if kind in ("int", "float"):
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            return text
+    if kind == "list_int":
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            return text
+    if kind == "list_str":
+        return [x.strip() for x in text.split(",") if x.strip()]
+    return text
+
+
+def _coerce(kind, v):
+    if kind == "bool":
+        return isinstance(v, bool), v
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool), v
+    if kind == "float":
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return True, float(v)
+        return False, v
+    if kind == "str":
+        return isinstance(v, str), v
+    if kind == "list_int":
+        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v), v
+    if kind == "list_str":
+        return isinstance(v, list) and all(isinstance(x, str) for x in v), v
+    return False, v
+
+
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _ratio(v):
+    return 0 <= v <= 1
+
+
+def _regex(v):
+    try:
+        re.compile(v)
+        return True
+    except re.error:
+        return False
+
+
+def _port_list(v):
+    return all(0 < p < 65536 for p in v)
+
+
+def parse_listen_address(text):
+    """'host:port' -> (host, port). IPv6 as '[::1]:10101'. Raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(text)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif host == "":
+        host = "0.0.0.0"
+    elif not re.fullmatch(r"[A-Za-z0-9.\-]+", host):
+        raise ValueError(text)
+    return host, int(port)
+
+
+def _listen(v):
+    try:
+        parse_listen_address(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _tier(v):
+    return v in TIERS
+
+
+def _level(v):
+    return v in ("debug", "info", "warning", "error")
+
+
+def _group_by(v):
+    return v in ("name", "user", "owner")
+
+
+def _url(v):
+    return re.match(r"^https?://[^\s/]+", v) is not None
+
+
+# Default tier per collector; unknown collectors in the config are an error.
+COLLECTOR_TIERS = {
+    "cpu": "critical",
+    "memory": "important",
+    "disk": "standard",
+    "filesystem": "background",
+    "network": "standard",
+    "sensors": "critical",
+    "rapl": "standard",
+    "process": "important",
+    "nvidia": "critical",
+    "nvidia_pcie": "background",
+    "amdgpu": "critical",
+    "gpu_process": "important",
+}
+
+SCHEMA = {
+    "web": {
+        "listen_address": Field("str", "127.0.0.1:10101", _listen, "host:port"),
+        "config_file": Field("str", None, nullable=True),
+        "max_requests": Field("int", 40, _positive, "a positive integer"),
+        "read_timeout_seconds": Field("float", 5.0, _positive, "a positive number"),
+        "max_header_bytes": Field("int", 8192, _positive, "a positive integer"),
+    },
+    "paths": {
+        "procfs": Field("str", "/proc"),
+        "sysfs": Field("str", "/sys"),
+        "rootfs": Field("str", "/"),
+    },
+    "log": {
+        "level": Field("str", "info", _level, "one of debug, info, warning, error"),
+    },
+    "tiers": {t: Field("float", d, _positive, "a positive number of seconds")
+              for t, d in zip(TIERS, (1.0, 2.0, 5.0, 10.0))},
+    "refresh": {
+        "timeout_seconds": Field("float", 5.0, _positive, "a positive number of seconds"),
+        "stale_after_intervals": Field("int", 5, _positive, "a positive integer"),
+    },
+    "collectors": {
+        name: {
+            "enabled": Field("bool", True),
+            "tier": Field("str", tier, _tier, "one of " + ", ".join(TIERS)),
+        }
+        for name, tier in COLLECTOR_TIERS.items()
+    },
+    "escalation": {
+        "enabled": Field("bool", True),
+        "cpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number"),
+        "gpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number"),
+        "cpu_busy_ratio": Field("float", 0.9, _ratio, "a ratio between 0 and 1"),
+    },
+    "network": {
+        "exclude": Field("str", r"^(veth.*|cali.*|tap.*|virbr.*-nic)$", _regex, "a regular expression"),
+    },
+    "disk": {
+        "exclude": Field("str", r"^(z?ram|loop|fd|sr|(h|s|v|xv)d[a-z]+|nvme\d+n\d+p|mmcblk\d+p)\d+$",
+                         _regex, "a regular expression"),
+    },
+    "process": {
+        "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
+        "group_by": Field("str", "name", _group_by, "one of name, user, owner"),
+        "max_groups": Field("int", 50, _positive, "a positive integer"),
+        "group_min_cpu_cores": Field("float", 0.01, _non_negative, "a non-negative number"),
+        "group_min_memory_bytes": Field("int", 64 * 1024 * 1024, _non_negative, "a non-negative integer"),
+        "cmdline": Field("bool", False),
+        "cmdline_max_length": Field("int", 200, _positive, "a positive integer"),
+        "miner_names_file": Field("str", None, nullable=True),
+        "stratum_ports": Field("list_int", [3333, 4444, 5555, 7777, 14444], _port_list, "a list of TCP ports"),
+    },
+    "gpu": {
+        "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
+        "allowed_processes": Field("list_str", []),
+    },
+    "grafana_live": {
+        "url": Field("str", None, _url, "an http(s) URL", nullable=True),
+        "token": Field("str", None, nullable=True),
+        "token_file": Field("str", None, nullable=True),
+        "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds"),
+    },
+}
+
+
+def _walk(schema, prefix=()):
+    for key, val in schema.items():
+        if isinstance(val, Field):
+            yield prefix + (key,), val
+        else:
+            yield from _walk(val, prefix + (key,))
+
+
+FIELDS = dict(_walk(SCHEMA))
+
+
+def defaults():
+    out = {}
+    for path, field in FIELDS.items():
+        _set(out, path, copy.deepcopy(field.default))
+    return out
+
+
+def _set(d, path, value):
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = value
+
+
+def _flatten(data, prefix=()):
+    """Nested YAML mapping -> {path: value}, naming unknown keys."""
+    if not isinstance(data, dict):
+        where = ".".join(prefix) or "top level"
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    for key, val in data.items():
+        path = prefix + (str(key),)
+        dotted = ".".join(path)
+        if path in FIELDS:
+            yield path, val
+        elif any(p[:len(path)] == path for p in FIELDS):
+            if val is None:
+                continue
+            yield from _flatten(val, path)
+        else:
+            raise ConfigError(f"{dotted}: unknown key")
+
+
+def load_file(path):
+    """Read and validate a YAML config file into {path: value} overrides."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: bad YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    out = {}
+    for p, v in _flatten(data):
+        out[p] = FIELDS[p].parse(".".join(p), v)
+    return out
+
+
+def env_name(path):
+    return "HOOFHEARTED_" + "_".join(path).upper()
+
+
+def from_env(environ):
+    known = {env_name(p): p for p in FIELDS}
+    out = {}
+    for key, val in environ.items():
+        if not key.startswith("HOOFHEARTED_"):
+            continue
+        if key not in known:
+            raise ConfigError(f"{key}: unknown environment variable")
+        p = known[key]
+        out[p] = FIELDS[p].parse(key, val, from_text=True)
+    return out
+
+
+def build(file=None, environ=None, flags=None):
+    """Merge defaults < file < environment < flags into one validated nested dict.
+
+    ``flags`` is {path tuple: value} with values already typed or as text.
+    """
+    cfg = defaults()
+    layers = []
+    if file:
+        layers.append(load_file(file))
+    layers.append(from_env(environ if environ is not None else os.environ))
+    layers.append({p: FIELDS[p].parse("--" + ".".join(p), v, from_text=isinstance(v, str))
+                   for p, v in (flags or {}).items()})
+    for layer in layers:
+        for p, v in layer.items():
+            _set(cfg, p, v)
+    return cfg

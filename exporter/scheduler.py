@@ -1,0 +1,254 @@
+"""Tiered background refresh and the cache a scrape reads.
+
+Each collector gets a Job and its own thread: a hanging device blocks only its own job,
+never a scrape or another tier. A refresh renders its exposition bytes once; a scrape joins
+the cached bytes of every job plus a few lines about the jobs themselves.
+"""
+import gzip
+import logging
+import platform
+import threading
+import time
+
+from . import __version__, render
+from .collectors.base import gauge
+
+log = logging.getLogger("hoofhearted.scheduler")
+
+
+class Job:
+    """One collector's refresh state. Methods take the clock readings they need."""
+
+    def __init__(self, collector, tier, tiers, timeout, stale_after_intervals, clock, wall):
+        self.collector = collector
+        self.name = collector.name
+        self.tier = tier
+        self.tiers = tiers
+        self.timeout = timeout
+        self.stale_after_intervals = stale_after_intervals
+        self.clock = clock
+        self.wall = wall
+        self.escalated = False
+        self.body = b""
+        self.families = []
+        self._om = None
+        self.version = 0
+        self.runs = 0
+        self.success = None          # None: never ran
+        self.duration = None
+        self.last_start = None
+        self.last_success = None     # monotonic
+        self.last_success_wall = None
+        self.running_since = None
+        self.error = None
+
+    def interval(self):
+        if self.escalated and self.collector.escalates:
+            return min(self.tiers["critical"], self.tiers[self.tier])
+        return self.tiers[self.tier]
+
+    def run(self):
+        start = self.clock()
+        self.last_start = start
+        self.running_since = start
+        try:
+            families = self.collector.refresh(start)
+            body = render.text(families)
+        except Exception as e:  # a collector must never take the exporter down
+            self.running_since = None
+            self.duration = self.clock() - start
+            self.runs += 1
+            self._fail(f"{type(e).__name__}: {e}")
+            return False
+        self.running_since = None
+        self.duration = self.clock() - start
+        self.runs += 1
+        if self.success is False:
+            log.info("collector recovered collector=%s", self.name)
+        self.families, self.body, self._om = families, body, None
+        self.success, self.error = True, None
+        self.last_success = start
+        self.last_success_wall = self.wall()
+        self.version += 1
+        return True
+
+    def _fail(self, error):
+        if self.success is not False or error != self.error:
+            log.error("collector failed collector=%s err=%r", self.name, error)
+        self.success, self.error = False, error
+        self.version += 1
+
+    def timed_out(self, now):
+        return self.running_since is not None and now - self.running_since > self.timeout
+
+    def stale(self, now):
+        """Last good data is too old to serve (failing or hanging for several intervals)."""
+        if self.last_success is None:
+            return True
+        limit = self.stale_after_intervals * self.interval() + self.timeout
+        return now - self.last_success > limit
+
+    def ok(self, now):
+        return bool(self.success) and not self.timed_out(now)
+
+    def openmetrics(self):
+        if self._om is None:
+            self._om = render.openmetrics(self.families)
+        return self._om
+
+
+class Scheduler:
+    def __init__(self, collectors, config, clock=time.monotonic, wall=time.time, on_refresh=None):
+        self.config = config
+        self.clock = clock
+        self.wall = wall
+        tiers = dict(config["tiers"])
+        self.jobs = [
+            Job(c, config["collectors"].get(c.name, {}).get("tier", c.tier), tiers,
+                config["refresh"]["timeout_seconds"], config["refresh"]["stale_after_intervals"],
+                clock, wall)
+            for c in collectors
+        ]
+        self.hot_reasons = frozenset()
+        self.on_refresh = on_refresh or []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._threads = []
+        self._cache_key = None
+        self._cache = None
+        self._cache_lock = threading.Lock()
+
+    # -- refresh ---------------------------------------------------------------------------
+
+    def run_job(self, job):
+        """Refresh one job, then re-evaluate escalation. Used by the threads and by tests."""
+        ok = job.run()
+        if ok:
+            self.update_escalation()
+        for hook in self.on_refresh:
+            try:
+                hook(self, job)
+            except Exception as e:
+                log.warning("refresh hook failed err=%r", e)
+        return ok
+
+    def update_escalation(self):
+        esc = self.config["escalation"]
+        reasons = set()
+        if esc["enabled"]:
+            for job in self.jobs:
+                if job.success:
+                    try:
+                        reasons.update(job.collector.hot(esc))
+                    except Exception as e:
+                        log.warning("hot check failed collector=%s err=%r", job.name, e)
+        reasons = frozenset(reasons)
+        if reasons == self.hot_reasons:
+            return
+        if reasons:
+            log.warning("escalating refresh to critical interval reasons=%s", ",".join(sorted(reasons)))
+        else:
+            log.info("cooled down, back to normal refresh intervals")
+        with self._cond:
+            self.hot_reasons = reasons
+            for job in self.jobs:
+                job.escalated = bool(reasons)
+            self._cond.notify_all()
+
+    def _loop(self, job):
+        while True:
+            self.run_job(job)
+            with self._cond:
+                while not self._stop:
+                    wait = job.last_start + job.interval() - self.clock()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                if self._stop:
+                    return
+
+    def start(self):
+        for job in self.jobs:
+            t = threading.Thread(target=self._loop, args=(job,), name=f"refresh-{job.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout=1.0):
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for job in self.jobs:
+            try:
+                job.collector.close()
+            except Exception as e:
+                log.warning("close failed collector=%s err=%r", job.name, e)
+
+    # -- scrape ----------------------------------------------------------------------------
+
+    def ready(self):
+        return all(job.runs > 0 for job in self.jobs)
+
+    def meta_families(self, now):
+        success = gauge("hoofhearted_collector_success",
+                        "Whether the collector's last refresh succeeded (0 also while it hangs past its timeout).",
+                        ["collector"])
+        duration = gauge("hoofhearted_collector_duration_seconds",
+                         "How long the collector's last refresh took.", ["collector"])
+        last = gauge("hoofhearted_collector_last_success_timestamp_seconds",
+                     "Unix time of the collector's last successful refresh.", ["collector"])
+        interval = gauge("hoofhearted_collector_refresh_interval_seconds",
+                         "Current refresh interval (shorter than the tier's while escalated).",
+                         ["collector", "tier"])
+        for job in self.jobs:
+            if job.runs == 0 and not job.timed_out(now):
+                continue
+            success.add_metric([job.name], 1 if job.ok(now) else 0)
+            if job.duration is not None:
+                duration.add_metric([job.name], job.duration)
+            if job.last_success_wall is not None:
+                last.add_metric([job.name], job.last_success_wall)
+        for job in self.jobs:
+            interval.add_metric([job.name, job.tier], job.interval())
+        escalated = gauge("hoofhearted_escalation_active",
+                          "1 while a hot reading keeps the explaining collectors at the critical interval.")
+        escalated.add_metric([], 1 if self.hot_reasons else 0)
+        build = gauge("hoofhearted_build_info", "Version of hoofhearted and of the Python running it.",
+                      ["version", "python_version"])
+        build.add_metric([__version__, platform.python_version()], 1)
+        return [success, duration, last, interval, escalated, build]
+
+    def exposition(self, openmetrics=False):
+        """The scrape body: cached bytes of every fresh job plus the job metadata."""
+        now = self.clock()
+        state = tuple((j.version, j.timed_out(now), j.stale(now)) for j in self.jobs)
+        key = (openmetrics, state, self.hot_reasons)
+        with self._cache_lock:
+            if key == self._cache_key:
+                return self._cache
+        meta = self.meta_families(now)
+        parts = []
+        for job, (_, _, stale) in zip(self.jobs, state):
+            if not stale:
+                parts.append(job.openmetrics() if openmetrics else job.body)
+        if openmetrics:
+            parts.append(render.openmetrics(meta))
+            parts.append(b"# EOF\n")
+        else:
+            parts.append(render.text(meta))
+        body = b"".join(parts)
+        cached = {"identity": body}
+        with self._cache_lock:
+            self._cache_key, self._cache = key, cached
+        return cached
+
+    def body(self, openmetrics=False, gzipped=False):
+        cached = self.exposition(openmetrics)
+        if gzipped:
+            z = cached.get("gzip")
+            if z is None:
+                z = cached["gzip"] = gzip.compress(cached["identity"], compresslevel=1)
+            return z
+        return cached["identity"]

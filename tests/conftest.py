@@ -1,0 +1,130 @@
+"""Shared test fixtures: the real exporter over HTTP, and tools that CI must have."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+SYSFS = os.path.join(FIXTURES, "sysfs-node-exporter")
+PROCFS_FIXTURE = os.path.join(FIXTURES, "procfs", "proc")
+PROCFS_SYSFS = os.path.join(FIXTURES, "procfs", "sys")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need_tool(name):
+    """Path of a command the test needs. Missing: skip locally, fail in CI."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} is not installed (make test installs it)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def require_tool():
+    return need_tool
+
+
+class RunningExporter:
+    def __init__(self, args, env=None, cwd=ROOT):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HOOFHEARTED_")}
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", *args],
+            cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        self.lines = []
+        self._address = threading.Event()
+        self.address = None
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._address.wait(20):
+            self.stop()
+            raise RuntimeError("exporter did not start:\n" + "".join(self.lines))
+        self.url = f"http://{self.address}"
+        self.session = requests.Session()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"address=(\S+)", line)
+            if m and not self._address.is_set():
+                self.address = m.group(1)
+                self._address.set()
+        self._address.set()
+
+    @property
+    def log(self):
+        return "".join(self.lines)
+
+    def get(self, path="/metrics", **kw):
+        return self.session.get(self.url + path, timeout=10, **kw)
+
+    def scrape(self):
+        r = self.get("/metrics")
+        r.raise_for_status()
+        return r.text
+
+    def wait_ready(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/-/ready").status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("exporter not ready:\n" + self.log)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_exporter():
+    started = []
+
+    def start(*args, env=None, ready=True):
+        exp = RunningExporter(list(args), env=env)
+        started.append(exp)
+        if ready:
+            exp.wait_ready()
+        return exp
+
+    yield start
+    for exp in started:
+        exp.stop()
+
+
+def parse_exposition(text):
+    """{(name, frozenset(labels.items())): value}; fails on a duplicate series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"duplicate series {s.name}{s.labels}"
+            out[key] = s.value
+    return out
+
+
+def sample(parsed, name, **labels):
+    return parsed.get((name, frozenset(labels.items())))
