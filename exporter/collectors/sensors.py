@@ -76,7 +76,7 @@ class RAPLCollector(Collector):
     def __init__(self, sysfs="/sys"):
         super().__init__()
         self.sysfs = sysfs
-        self.prev = {}       # domain -> (raw µJ, offset µJ, now)
+        self.prev = {}       # domain -> (raw µJ, wrap offset µJ, total µJ, now)
         self.logged_denied = False
 
     @classmethod
@@ -95,14 +95,15 @@ class RAPLCollector(Collector):
                       ["domain"])
         seen = {}
         for z in zones:
-            raw, offset, then = z.energy_uj, 0, None
+            offset, total = 0, z.energy_uj
             if z.domain in self.prev:
-                prev_raw, offset, then = self.prev[z.domain]
-                if raw < prev_raw:
+                prev_raw, offset, prev_total, then = self.prev[z.domain]
+                if z.energy_uj < prev_raw:  # the hardware counter wrapped
                     offset += z.max_energy_range_uj or prev_raw
+                total = z.energy_uj + offset
                 if now > then:
-                    watts.add_metric([z.domain], ((raw + offset) - (prev_raw + self.prev[z.domain][1])) / 1e6 / (now - then))
-            seen[z.domain] = (raw, offset, now)
-            energy.add_metric([z.domain], (raw + offset) / 1e6)
+                    watts.add_metric([z.domain], (total - prev_total) / 1e6 / (now - then))
+            seen[z.domain] = (z.energy_uj, offset, total, now)
+            energy.add_metric([z.domain], total / 1e6)
         self.prev = seen
         return [energy, watts]
