@@ -103,6 +103,9 @@ def serve(config, ready_event=None, stop_event=None):
     from .server import Server
     from .webconfig import load_server_security
 
+    # Refresh threads hold the GIL in long stretches; a short switch interval lets a scrape
+    # (a few microseconds of Python) in without waiting out the default 5 ms.
+    sys.setswitchinterval(0.001)
     security = load_server_security(config)
     host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
     try:
