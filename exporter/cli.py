@@ -154,8 +154,14 @@ def serve(config, ready_event=None, stop_event=None):
 
 def check_config(argv):
     p = Parser(prog="hoofhearted check-config", description="Validate a configuration file and exit.")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--print-defaults", action="store_true", help="print every setting with its default")
     args = p.parse_args(argv)
+    if args.print_defaults:
+        sys.stdout.write(cfgmod.defaults_yaml())
+        return 0
+    if not args.file:
+        raise UsageError("check-config: a FILE to check is required")
     cfg = cfgmod.build(file=args.file, environ={})
     if cfg["web"]["config_file"]:
         from .webconfig import load_web_config

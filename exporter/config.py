@@ -326,3 +326,29 @@ def build(file=None, environ=None, flags=None):
         for p, v in layer.items():
             _set(cfg, p, v)
     return cfg
+
+
+SECTION_DOCS = {
+    "web": "HTTP server; TLS and basic auth live in the web config file",
+    "paths": "where procfs, sysfs and the root filesystem are mounted",
+    "log": "log verbosity",
+    "tiers": "refresh interval of each tier, in seconds",
+    "refresh": "a refresh slower than timeout_seconds is a failure; data older than this many intervals is dropped",
+    "collectors": "enable or disable a collector, or move it to another tier",
+    "escalation": "hot readings that switch sensors, process and GPU collectors to the critical interval",
+    "network": "interfaces to skip (regular expression)",
+    "disk": "block devices to skip (regular expression; partitions and virtual devices by default)",
+    "process": "per-process series: top N by CPU and by memory, everything else in groups",
+    "gpu": "per-process GPU series per GPU; processes allowed to keep a GPU busy",
+    "grafana_live": "push the critical tier to Grafana Live (off unless url is set)",
+}
+
+
+def defaults_yaml():
+    """The full default configuration as commented YAML (the README's reference)."""
+    out = []
+    for section, value in defaults().items():
+        out.append(f"# {SECTION_DOCS[section]}")
+        flow = None if section == "collectors" else False
+        out.append(yaml.safe_dump({section: value}, sort_keys=False, default_flow_style=flow).rstrip())
+    return "\n".join(out) + "\n"

@@ -1,4 +1,6 @@
 """Host collectors: CPU and load, memory, disks, filesystems, network."""
+import os
+
 from ..sources import host
 from .base import Collector, counter, gauge
 
@@ -115,13 +117,14 @@ class FilesystemCollector(Collector):
     def __init__(self, procfs="/proc", rootfs="/"):
         super().__init__()
         self.procfs, self.rootfs = procfs, rootfs
+        self.statvfs = os.statvfs
 
     @classmethod
     def create(cls, config):
         return cls(config["paths"]["procfs"], config["paths"]["rootfs"])
 
     def update(self, now):
-        fss = self.snapshot = host.read_filesystems(self.procfs, self.rootfs)
+        fss = self.snapshot = host.read_filesystems(self.procfs, self.rootfs, self.statvfs)
         size = gauge("hoofhearted_filesystem_size_bytes", "Size of a device-backed filesystem.",
                      ["mountpoint", "fstype"])
         free = gauge("hoofhearted_filesystem_free_bytes", "Space available to unprivileged users.",
