@@ -108,17 +108,8 @@ def serve(config, ready_event=None, stop_event=None):
     sys.setswitchinterval(0.001)
     security = load_server_security(config)
     host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
-    try:
-        built = collectors.build(config)
-    except cfgmod.ConfigError:
-        raise
-    hooks = []
-    if config["grafana_live"]["url"]:
-        from .live import LivePusher
-        pusher = LivePusher(config)
-        hooks.append(pusher.hook)
-        built.append(pusher)
-    sched = Scheduler(built, config, on_refresh=hooks)
+    built = collectors.build(config)
+    sched = Scheduler(built, config)
     try:
         server = security.make_server((host, port), sched, config)
     except OSError as e:

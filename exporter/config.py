@@ -16,6 +16,10 @@ TIERS = ("critical", "important", "standard", "background")
 class ConfigError(Exception):
     """A bad setting. str(err) is the one-line message for the user."""
 
+    def __init__(self, message):
+        # A key or value from the user may hold a line break or a control character: show it escaped.
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
 
 class Field:
     def __init__(self, kind, default, check=None, expect=None, nullable=False):
@@ -26,7 +30,7 @@ class Field:
         self.nullable = nullable
 
     def parse(self, key, value, from_text=False):
-        if value is None and self.nullable:
+        if self.nullable and (value is None or (from_text and value == "")):
             return None
         if from_text:
             value = _from_text(self.kind, value)
@@ -143,6 +147,10 @@ def _group_by(v):
     return v in ("name", "user", "owner")
 
 
+def _module_name(v):
+    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", v) is not None
+
+
 def _url(v):
     return re.match(r"^https?://[^\s/]+", v) is not None
 
@@ -161,6 +169,7 @@ COLLECTOR_TIERS = {
     "nvidia_pcie": "background",
     "amdgpu": "critical",
     "gpu_process": "important",
+    "grafana_live": "critical",
 }
 
 SCHEMA = {
@@ -170,6 +179,8 @@ SCHEMA = {
         "max_requests": Field("int", 40, _positive, "a positive integer"),
         "read_timeout_seconds": Field("float", 5.0, _positive, "a positive number"),
         "max_header_bytes": Field("int", 8192, _positive, "a positive integer"),
+        "max_connections": Field("int", 512, _positive, "a positive integer"),
+        "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number"),
     },
     "paths": {
         "procfs": Field("str", "/proc"),
@@ -211,14 +222,18 @@ SCHEMA = {
         "max_groups": Field("int", 50, _positive, "a positive integer"),
         "group_min_cpu_cores": Field("float", 0.01, _non_negative, "a non-negative number"),
         "group_min_memory_bytes": Field("int", 64 * 1024 * 1024, _non_negative, "a non-negative integer"),
+        "group_hold_seconds": Field("float", 300.0, _non_negative, "a non-negative number of seconds"),
         "cmdline": Field("bool", False),
         "cmdline_max_length": Field("int", 200, _positive, "a positive integer"),
         "miner_names_file": Field("str", None, nullable=True),
         "stratum_ports": Field("list_int", [3333, 4444, 5555, 7777, 14444], _port_list, "a list of TCP ports"),
+        "stratum_min_cpu_cores": Field("float", 0.5, _non_negative, "a non-negative number"),
     },
     "gpu": {
         "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
+        "max_groups": Field("int", 10, _positive, "a positive integer"),
         "allowed_processes": Field("list_str", []),
+        "nvml_module": Field("str", "pynvml", _module_name, "a Python module name"),
     },
     "grafana_live": {
         "url": Field("str", None, _url, "an http(s) URL", nullable=True),
@@ -278,6 +293,8 @@ def load_file(path):
             text = f.read()
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -285,6 +302,8 @@ def load_file(path):
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"config file {path}: bad YAML{where}: {problem}") from None
+    except (ValueError, RecursionError) as e:   # an impossible date (2001-13-45), absurd nesting
+        raise ConfigError(f"config file {path}: bad YAML: {e}") from None
     if data is None:
         return {}
     out = {}

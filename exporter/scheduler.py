@@ -111,6 +111,9 @@ class Scheduler:
         ]
         self.hot_reasons = frozenset()
         self.on_refresh = on_refresh or []
+        for c in collectors:
+            if hasattr(c, "bind"):  # collectors that read the others' results (Grafana Live)
+                c.bind(self)
         self._cond = threading.Condition()
         self._stop = False
         self._threads = []

@@ -14,6 +14,12 @@ REGISTRY = {
     "network": "exporter.collectors.host:NetworkCollector",
     "sensors": "exporter.collectors.sensors:SensorsCollector",
     "rapl": "exporter.collectors.sensors:RAPLCollector",
+    "process": "exporter.collectors.process:ProcessCollector",
+    "nvidia": "exporter.collectors.gpu:NvidiaCollector",
+    "nvidia_pcie": "exporter.collectors.gpu:NvidiaPcieCollector",
+    "amdgpu": "exporter.collectors.gpu:AMDGPUCollector",
+    "gpu_process": "exporter.collectors.gpu:GPUProcessCollector",
+    "grafana_live": "exporter.live:LivePusher",
 }
 
 

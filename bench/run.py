@@ -1,0 +1,230 @@
+"""`make bench`: hoofhearted, node_exporter and process-exporter side by side at 0, 1,000 and 5,000
+extra idle processes; writes the table into bench/results.md.
+
+    python -m bench [--procs 0,1000,5000] [--runs 3] [--quick] [--profile]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import exporters as ex, report
+from .procs import IdleProcesses, Reaper, count_processes, cpu_seconds, status_bytes
+from .scrape import PROMETHEUS_ACCEPT, PeriodicScraper, body_stats, latency, session, single_scrape_cpu
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BURNER = "hh-burner"
+BURNER_LINE = re.compile(rb'^hoofhearted_process_cpu_usage_cores\{[^}]*name="' + BURNER.encode()
+                         + rb'"[^}]*\} (\S+)', re.M)
+DURATION_LINE = re.compile(rb'^hoofhearted_collector_duration_seconds\{collector="([^"]+)"\} (\S+)', re.M)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--procs", default="0,1000,5000", help="extra idle process counts, comma-separated")
+    p.add_argument("--runs", type=int, default=3, help="runs per process count; the median is reported")
+    p.add_argument("--scrapes", type=int, default=500, help="sequential scrapes for latency")
+    p.add_argument("--anchor-seconds", type=float, default=60.0,
+                   help="stop an anchor's latency scrapes after this long (process-exporter at 5,000)")
+    p.add_argument("--cpu-seconds", type=float, default=60.0, help="CPU window, scraping every 2 s")
+    p.add_argument("--interval", type=float, default=2.0, help="scrape interval in the CPU window")
+    p.add_argument("--quick", action="store_true", help="1 run, 20 s CPU window, fewer anchor scrapes")
+    p.add_argument("--out", default=os.path.join(HERE, "results.md"), help="results file ('-': none)")
+    p.add_argument("--json", default=os.path.join(HERE, "out", "results.json"), help="raw results")
+    p.add_argument("--profile", action="store_true", help="profile hoofhearted with py-spy instead")
+    p.add_argument("--profile-procs", type=int, default=1000, help="extra idle processes while profiling")
+    p.add_argument("--profile-seconds", type=float, default=60.0)
+    args = p.parse_args(argv)
+    args.procs = [int(x) for x in args.procs.split(",") if x.strip()]
+    if args.quick:
+        args.runs, args.cpu_seconds, args.anchor_seconds = 1, min(args.cpu_seconds, 20.0), 15.0
+    return args
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    from exporter import __version__
+    from exporter.collectors import REGISTRY
+    return {
+        "cores": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+        "python": platform.python_version(), "hoofhearted": __version__,
+        "collectors": list(REGISTRY),
+        "node_exporter": ex.version([ex.NODE_EXPORTER, "--version"]),
+        "process_exporter": ex.version([ex.PROCESS_EXPORTER, "--version"]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def refresh_cost(quick):
+    argv = [sys.executable, "-m", "bench.refresh_cost"]
+    if quick:
+        argv += ["--repeat", "5", "--interval", "1"]
+    out = subprocess.run(argv, cwd=ex.ROOT, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        return {"available": False, "why": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def burner_appearance(hh, reaper, workdir, timeout=15.0):
+    """Seconds from starting a CPU burner to its cpu_usage_cores series in hoofhearted's /metrics."""
+    from exporter.collectors import REGISTRY
+    if "process" not in REGISTRY:
+        return {"seconds": None, "why": "no process collector"}
+    link = os.path.join(workdir, BURNER)
+    if not os.path.exists(link):
+        os.symlink(os.path.realpath(shutil.which("sh")), link)  # comm is the name it was started by
+    s = session()
+    t0 = time.perf_counter()
+    p = reaper.spawn([link, "-c", "while :; do :; done"])
+    try:
+        while time.perf_counter() - t0 < timeout:
+            m = BURNER_LINE.search(s.get(hh.metrics, timeout=10).content)
+            if m:
+                return {"seconds": time.perf_counter() - t0, "cores": float(m.group(1))}
+            time.sleep(0.02)
+        return {"seconds": None, "why": f"not seen within {timeout:.0f} s"}
+    finally:
+        reaper.kill(p)
+        s.close()
+
+
+def cpu_window(exps, seconds, interval):
+    """Each exporter's CPU seconds per minute while all are scraped every `interval` seconds."""
+    scrapers = [PeriodicScraper(e.metrics, interval) for e in exps]
+    c0 = {e.name: cpu_seconds(e.pid) for e in exps}
+    t0 = time.monotonic()
+    for s in scrapers:
+        s.start()
+    try:
+        time.sleep(seconds)
+    finally:
+        for s in scrapers:
+            s.stop()
+    elapsed = time.monotonic() - t0
+    return {e.name: {"cpu_per_min": (cpu_seconds(e.pid) - c0[e.name]) / elapsed * 60,
+                     "window_scrapes": s.scrapes, "window_errors": s.errors}
+            for e, s in zip(exps, scrapers)}
+
+
+def measure_run(n_extra, args, reaper, workdir, log):
+    hh = ex.start_hoofhearted(reaper, workdir)
+    exps = [hh]
+    try:
+        exps.append(ex.start_node_exporter(reaper, workdir))
+        exps.append(ex.start_process_exporter(reaper, workdir))
+        pe = exps[2]
+        time.sleep(3)  # every tier of hoofhearted has refreshed at least once more
+        r = {"extra": n_extra, "processes": count_processes(), "exporters": {e.name: {} for e in exps}}
+        for e in exps:
+            budget = args.anchor_seconds if e is not hh else 600
+            r["exporters"][e.name].update(latency(e.metrics, e.pid, args.scrapes, budget))
+            log(f"  {e.name}: p50 {r['exporters'][e.name]['p50'] * 1e3:.2f} ms "
+                f"p99 {r['exporters'][e.name]['p99'] * 1e3:.2f} ms ({r['exporters'][e.name]['scrapes']} scrapes)")
+        r["hoofhearted_openmetrics"] = latency(hh.metrics, hh.pid, args.scrapes, 600, accept=PROMETHEUS_ACCEPT)
+        for e in exps:
+            r["exporters"][e.name].update(body_stats(e.metrics))
+        single = single_scrape_cpu(pe.metrics, pe.pid, 10, 15 if args.quick else 30)
+        r["pe_scrape_cpu"] = statistics.median(single)
+        r["pe_scrape_cpu_samples"] = single
+        r["refresh"] = refresh_cost(args.quick)
+        log(f"  process refresh: {r['refresh']}; process-exporter scrape CPU {r['pe_scrape_cpu'] * 1e3:.1f} ms")
+        for name, v in cpu_window(exps, args.cpu_seconds, args.interval).items():
+            r["exporters"][name].update(v)
+        log("  CPU s/min: " + ", ".join(f"{e.name} {r['exporters'][e.name]['cpu_per_min']:.3f}" for e in exps))
+        body = session().get(hh.metrics, timeout=10).content
+        r["durations"] = {m.group(1).decode(): float(m.group(2)) for m in DURATION_LINE.finditer(body)}
+        r["burner"] = burner_appearance(hh, reaper, workdir)
+        log(f"  burner: {r['burner']}")
+        for e in exps:  # after the burner: the process collector has seen the most processes by now
+            r["exporters"][e.name]["peak_rss"] = status_bytes(e.pid, "VmHWM")
+            r["exporters"][e.name]["rss"] = status_bytes(e.pid, "VmRSS")
+        return r
+    finally:
+        for e in exps:
+            reaper.kill(e.proc)
+
+
+def run_bench(args, reaper, workdir):
+    info = machine()
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(report.machine_line(info))
+    results = {}
+    for n in args.procs:
+        with IdleProcesses(reaper, n):
+            log(f"+{n} idle processes ({count_processes()} in all)")
+            results[n] = []
+            for i in range(args.runs):
+                log(f" run {i + 1}/{args.runs}")
+                results[n].append(measure_run(n, args, reaper, workdir, log))
+    info["loadavg_end"] = os.getloadavg()
+    info["args"] = {k: v for k, v in vars(args).items() if k in ("procs", "runs", "scrapes", "anchor_seconds",
+                                                                    "cpu_seconds", "interval", "quick")}
+    gpu = gpu_refresh()
+    data = {"machine": info, "results": {str(k): v for k, v in results.items()}, "gpu_refresh": gpu}
+    if args.json:
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+    text = report.render(data)
+    print(text)
+    if args.out != "-":
+        report.write(args.out, text)
+        log(f"wrote {args.out}")
+    return 0
+
+
+def gpu_refresh():
+    """Output of bench/gpu_refresh.py (NVIDIA refresh on fake GPUs) when that script exists."""
+    path = os.path.join(HERE, "gpu_refresh.py")
+    if not os.path.exists(path):
+        return None
+    try:
+        out = subprocess.run([sys.executable, "-m", "bench.gpu_refresh"], cwd=ex.ROOT, capture_output=True,
+                             text=True, timeout=300)
+        return (out.stdout + (out.stderr if out.returncode else "")).strip()
+    except subprocess.TimeoutExpired:
+        return "bench/gpu_refresh.py timed out"
+
+
+def _on_term(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for tool in (ex.NODE_EXPORTER, ex.PROCESS_EXPORTER):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is not installed (make deps installs it)", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _on_term)
+    reaper = Reaper()
+    workdir = tempfile.mkdtemp(prefix="hoofhearted-bench-")
+    try:
+        if args.profile:
+            from .profile import profile
+            return profile(args, reaper, workdir)
+        return run_bench(args, reaper, workdir)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as e:  # an exporter did not start; its log is in the message
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        reaper.kill_all()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,451 @@
+"""GPU collectors: nvidia (NVML), nvidia_pcie (NVML PCIe throughput), amdgpu (sysfs) and
+gpu_process (per-process memory and utilisation from NVML and DRM fdinfo).
+
+NVML is opened once and shared by the three NVIDIA-backed collectors (``nvidia_source``).
+
+NVIDIA and AMD GPUs share the device metric names, and a metric family must appear once per
+scrape. So one collector writes them all: ``nvidia`` when it is enabled (adding the AMD cards the
+amdgpu collector read last, while that reading is fresh), else ``amdgpu``. Which one is fixed
+when the collectors are built, so the two never both write. The amdgpu collector keeps its own
+refresh, timeout, success metric and escalation either way.
+"""
+import importlib
+import logging
+import threading
+
+from .. import config as cfgmod
+from ..sources import amdgpu, drm, fdinfo, nvidia, processes
+from .base import Collector, counter, gauge
+
+log = logging.getLogger("hoofhearted.gpu")
+
+DEFAULT_NVML = "pynvml"
+SHARE_WINDOW = 0.5        # reuse a /proc pass another reader did this recently
+OTHER = "other"
+
+# -- NVML opened once per exporter --------------------------------------------------------------
+
+_sources = {}
+_sources_lock = threading.Lock()
+_missing = set()
+
+
+def nvidia_source(config):
+    """The shared NvidiaSource for the configured NVML module, or None without one."""
+    name = config["gpu"]["nvml_module"]
+    with _sources_lock:
+        src = _sources.get(name)
+        if src is None:
+            try:
+                module = importlib.import_module(name)
+            except Exception as e:
+                if name != DEFAULT_NVML:
+                    raise cfgmod.ConfigError(f"gpu.nvml_module: cannot import {name!r}: {e}") from None
+                if name not in _missing:
+                    _missing.add(name)
+                    log.info("nvidia-ml-py is not installed, NVIDIA collectors report no devices")
+                return None
+            src = _sources[name] = nvidia.NvidiaSource(module)
+        src.users += 1
+        return src
+
+
+def release_source(source):
+    if source is None:
+        return
+    with _sources_lock:
+        source.users -= 1
+        if source.users > 0:
+            return
+        for k, v in list(_sources.items()):
+            if v is source:
+                del _sources[k]
+    source.close()
+
+
+class Board:
+    """Which collector writes the device families, and the AMD cards read last."""
+
+    def __init__(self, max_age=10.0, nvidia_writes=False):
+        self.max_age = max_age
+        self.nvidia_writes = nvidia_writes
+        self.amd = None            # (now, [AMDGPU])
+
+    def amd_cards(self, now):
+        if self.amd is None or now - self.amd[0] > self.max_age:
+            return None
+        return self.amd[1]
+
+
+_boards = {}            # id(config) -> (config, Board): the collectors of one build share one
+_boards_lock = threading.Lock()
+
+
+def _board_for(config):
+    with _boards_lock:
+        entry = _boards.get(id(config))
+        if entry is None or entry[0] is not config:
+            t = config["tiers"][config["collectors"]["amdgpu"]["tier"]]
+            age = t * config["refresh"]["stale_after_intervals"] + config["refresh"]["timeout_seconds"]
+            entry = _boards[id(config)] = (config, Board(age, config["collectors"]["nvidia"]["enabled"]))
+        return entry[1]
+
+
+# -- device families ---------------------------------------------------------------------------
+
+def _opt(family, labels, value):
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def device_families(nv=None, amd=None):
+    """Families for an NvidiaSnapshot and/or a list of AMDGPU (either may be None)."""
+    gl = ["gpu", "uuid"]
+    info = gauge("hoofhearted_gpu_info", "A GPU and its identity.",
+                 gl + ["name", "vendor", "driver_version", "pci_bus_id"])
+    up = gauge("hoofhearted_gpu_up", "1 while the GPU answers, 0 when it fell off the bus or cannot be read.", gl)
+    devices = gauge("hoofhearted_gpu_devices", "GPUs found, per vendor.", ["vendor"])
+    util = gauge("hoofhearted_gpu_utilization_ratio", "Share of time the GPU was busy (0-1).", gl)
+    mem_util = gauge("hoofhearted_gpu_memory_utilization_ratio",
+                     "Share of time GPU memory was being read or written (0-1).", gl)
+    used = gauge("hoofhearted_gpu_memory_used_bytes", "GPU memory in use.", gl)
+    total = gauge("hoofhearted_gpu_memory_total_bytes", "GPU memory installed.", gl)
+    temp = gauge("hoofhearted_gpu_temperature_celsius", "GPU temperature (AMD: edge sensor).", gl)
+    slow = gauge("hoofhearted_gpu_temperature_slowdown_celsius", "Temperature at which the GPU slows down.", gl)
+    shut = gauge("hoofhearted_gpu_temperature_shutdown_celsius", "Temperature at which the GPU shuts down.", gl)
+    sensor = gauge("hoofhearted_gpu_sensor_temperature_celsius",
+                   "A GPU temperature sensor (AMD: edge, junction, mem).", gl + ["sensor"])
+    fan = gauge("hoofhearted_gpu_fan_speed_ratio", "GPU fan speed as a share of its maximum (0-1).", gl + ["fan"])
+    rpm = gauge("hoofhearted_gpu_fan_speed_rpm", "GPU fan speed.", gl + ["fan"])
+    power = gauge("hoofhearted_gpu_power_watts", "Power drawn by the GPU.", gl)
+    limit = gauge("hoofhearted_gpu_power_limit_watts", "Power limit the GPU enforces.", gl)
+    energy = counter("hoofhearted_gpu_energy_joules", "Energy used by the GPU since its driver loaded.", gl)
+    clock = gauge("hoofhearted_gpu_clock_hertz", "Current GPU clock.", gl + ["clock"])
+    event = gauge("hoofhearted_gpu_clock_event",
+                  "1 while a reason holds the GPU clocks down (thermal, power cap, ...), else 0.", gl + ["reason"])
+    pstate = gauge("hoofhearted_gpu_performance_state", "Performance state: 0 (P0, fastest) to 15 (P15).", gl)
+    enc = gauge("hoofhearted_gpu_encoder_utilization_ratio", "Share of time the video encoder was busy (0-1).", gl)
+    dec = gauge("hoofhearted_gpu_decoder_utilization_ratio", "Share of time the video decoder was busy (0-1).", gl)
+    mig = gauge("hoofhearted_gpu_mig_enabled", "1 when the GPU runs in MIG mode (split into instances).", gl)
+    mig_info = gauge("hoofhearted_gpu_mig_info", "A MIG device of a GPU.",
+                     gl + ["mig_uuid", "gpu_instance", "compute_instance", "profile"])
+    mig_used = gauge("hoofhearted_gpu_mig_memory_used_bytes", "Memory in use in a MIG GPU instance.",
+                     gl + ["gpu_instance"])
+    mig_total = gauge("hoofhearted_gpu_mig_memory_total_bytes", "Memory of a MIG GPU instance.",
+                      gl + ["gpu_instance"])
+    if nv is not None:
+        devices.add_metric(["nvidia"], len(nv.gpus))
+        for g in nv.gpus:
+            lab = [str(g.index), g.uuid]
+            info.add_metric(lab + [g.name, "nvidia", nv.driver_version, g.pci_bus_id], 1)
+            up.add_metric(lab, 1 if g.up else 0)
+            if not g.up:
+                continue
+            _opt(util, lab, g.utilization)
+            _opt(mem_util, lab, g.memory_utilization)
+            _opt(used, lab, g.memory_used)
+            _opt(total, lab, g.memory_total)
+            _opt(temp, lab, g.temperature)
+            _opt(slow, lab, g.slowdown)
+            _opt(shut, lab, g.shutdown)
+            for f, ratio in sorted(g.fans.items()):
+                fan.add_metric(lab + [f], ratio)
+            _opt(power, lab, g.power)
+            _opt(limit, lab, g.power_limit)
+            _opt(energy, lab, g.energy)
+            for c, hz in g.clocks.items():
+                clock.add_metric(lab + [c], hz)
+            for r, v in g.clock_events.items():
+                event.add_metric(lab + [r], v)
+            _opt(pstate, lab, g.performance_state)
+            _opt(enc, lab, g.encoder)
+            _opt(dec, lab, g.decoder)
+            if g.mig_enabled is not None:
+                mig.add_metric(lab, 1 if g.mig_enabled else 0)
+            seen_gi = set()
+            for m in g.migs:
+                gi = "" if m.gpu_instance is None else str(m.gpu_instance)
+                ci = "" if m.compute_instance is None else str(m.compute_instance)
+                mig_info.add_metric(lab + [m.uuid, gi, ci, m.profile], 1)
+                if gi not in seen_gi:       # memory belongs to the GPU instance, shared by its CIs
+                    seen_gi.add(gi)
+                    _opt(mig_used, lab + [gi], m.memory_used)
+                    _opt(mig_total, lab + [gi], m.memory_total)
+    if amd is not None:
+        devices.add_metric(["amd"], len(amd))
+        for g in amd:
+            lab = [str(g.card), g.uuid]
+            info.add_metric(lab + [g.name, "amd", g.driver_version, g.pci_bus_id], 1)
+            up.add_metric(lab, 1)
+            _opt(util, lab, g.utilization)
+            _opt(used, lab, g.memory_used)
+            _opt(total, lab, g.memory_total)
+            _opt(temp, lab, g.temperature)
+            _opt(slow, lab, g.slowdown)
+            _opt(shut, lab, g.shutdown)
+            for s, c in sorted(g.temperatures.items()):
+                sensor.add_metric(lab + [s], c)
+            for f, ratio in sorted(g.fans.items()):
+                fan.add_metric(lab + [f], ratio)
+            for f, v in sorted(g.fan_rpm.items()):
+                rpm.add_metric(lab + [f], v)
+            _opt(power, lab, g.power)
+            _opt(limit, lab, g.power_limit)
+            for c, hz in g.clocks.items():
+                clock.add_metric(lab + [c], hz)
+    return [info, up, devices, util, mem_util, used, total, temp, slow, shut, sensor, fan, rpm, power, limit,
+            energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total]
+
+
+def _hot(temperatures, thresholds):
+    limit = thresholds["gpu_temperature_celsius"]
+    if any(t is not None and t >= limit for t in temperatures):
+        return ("gpu_temperature",)
+    return ()
+
+
+# -- collectors --------------------------------------------------------------------------------
+
+class NvidiaCollector(Collector):
+    name = "nvidia"
+    tier = "critical"
+    escalates = True
+
+    def __init__(self, source, board=None):
+        super().__init__()
+        self.source = source
+        self.board = board or Board()
+
+    @classmethod
+    def create(cls, config):
+        return cls(nvidia_source(config), _board_for(config))
+
+    def update(self, now):
+        snap = self.snapshot = self.source.read_devices(now) if self.source else nvidia.NvidiaSnapshot()
+        return device_families(snap, self.board.amd_cards(now) if self.board.nvidia_writes else None)
+
+    def hot(self, thresholds):
+        if self.snapshot is None:
+            return ()
+        return _hot((g.temperature for g in self.snapshot.gpus if g.up), thresholds)
+
+    def close(self):
+        release_source(self.source)
+        self.source = None
+
+
+class NvidiaPcieCollector(Collector):
+    """PCIe throughput: each reading holds the driver for a 20 ms window, hence its own slow tier."""
+
+    name = "nvidia_pcie"
+    tier = "background"
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+    @classmethod
+    def create(cls, config):
+        return cls(nvidia_source(config))
+
+    def update(self, now):
+        readings = self.snapshot = self.source.read_pcie(now) if self.source else []
+        rx = gauge("hoofhearted_gpu_pcie_receive_bytes_per_second", "PCIe traffic into the GPU.", ["gpu", "uuid"])
+        tx = gauge("hoofhearted_gpu_pcie_transmit_bytes_per_second", "PCIe traffic out of the GPU.", ["gpu", "uuid"])
+        for r in readings:
+            _opt(rx, [str(r.index), r.uuid], r.receive)
+            _opt(tx, [str(r.index), r.uuid], r.transmit)
+        return [rx, tx]
+
+    def close(self):
+        release_source(self.source)
+        self.source = None
+
+
+class AMDGPUCollector(Collector):
+    name = "amdgpu"
+    tier = "critical"
+    escalates = True
+
+    def __init__(self, source, board=None):
+        super().__init__()
+        self.source = source
+        self.board = board or Board()
+
+    @classmethod
+    def create(cls, config):
+        return cls(amdgpu.AMDGPUSource(config["paths"]["sysfs"]), _board_for(config))
+
+    def update(self, now):
+        cards = self.snapshot = self.source.read()
+        self.board.amd = (now, cards)
+        if self.board.nvidia_writes:
+            return []               # the nvidia collector writes these families (see module doc)
+        return device_families(None, cards)
+
+    def hot(self, thresholds):
+        if self.snapshot is None:
+            return ()
+        return _hot((g.temperature for g in self.snapshot), thresholds)
+
+
+class GPUProcessCollector(Collector):
+    """Which processes use each GPU: memory and per-engine utilisation, top N per GPU.
+
+    NVIDIA: NVML's process lists and samples (engines sm, memory, encoder, decoder). Other GPUs:
+    DRM fdinfo, with the driver's own engine names (amdgpu gfx/compute/dma/enc/dec, i915
+    render/copy/video/video-enhance/compute, xe rcs/bcs/vcs/vecs/ccs, ...).
+    """
+
+    name = "gpu_process"
+    tier = "important"
+    escalates = True
+
+    def __init__(self, source=None, procfs="/proc", sysfs="/sys", top_n=10, max_groups=10, scanner=None,
+                 fdinfo_reader=None):
+        super().__init__()
+        self.source = source
+        self.procfs, self.sysfs = procfs, sysfs
+        self.top_n, self.max_groups = top_n, max_groups
+        self.scanner = scanner or processes.Scanner(procfs)
+        self.fdinfo = fdinfo_reader or fdinfo.FdinfoReader(procfs)
+        self.tracker = fdinfo.UsageTracker()
+        self.nvml_names = {}        # pid -> name from NVML, for pids /proc does not show
+
+    @classmethod
+    def create(cls, config):
+        paths, g = config["paths"], config["gpu"]
+        src = nvidia_source(config) if config["collectors"]["nvidia"]["enabled"] else None
+        return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
+                   processes.shared(paths["procfs"], paths["rootfs"]))
+
+    # Each entry: (gpu label, uuid, pid, name, user, owner, memory or None, {engine: ratio} or None)
+
+    def _identity(self, table, pid, from_nvml):
+        proc = table.procs.get(pid)
+        if proc is not None:
+            return proc.name, proc.user, proc.owner
+        if from_nvml and self.source is not None:
+            # not in this /proc (another pid namespace): NVML still knows the name
+            name = self.nvml_names.get(pid)
+            if name is None:
+                name = self.source.process_name(pid)
+                if name is None:
+                    return None          # gone
+                self.nvml_names[pid] = name
+            return name, "", ""
+        return None
+
+    def _nvidia(self, now, table):
+        out = []
+        if self.source is None:
+            return out
+        live = set()
+        for gpu in self.source.read_processes(now):
+            for p in gpu.processes:
+                ident = self._identity(table, p.pid, True)
+                if ident is None:
+                    continue
+                live.add(p.pid)
+                out.append((str(gpu.index), gpu.uuid, p.pid) + ident + (p.memory, p.utilization))
+        self.nvml_names = {k: v for k, v in self.nvml_names.items() if k in live}
+        return out
+
+    def _drm(self, now, table):
+        cards = [c for c in drm.list_cards(self.sysfs) if c.driver not in fdinfo.SKIP_DRIVERS]
+        if not cards:
+            return []
+        by_key = {c.key: c for c in cards}
+        clients = self.fdinfo.read(now, table.pids)
+        out = []
+        for u in self.tracker.update(clients, now):
+            card = by_key.get(u.device)
+            if card is None:
+                continue             # a device without a card in sysfs: not a GPU we list
+            ident = self._identity(table, u.pid, False)
+            if ident is None:
+                continue
+            out.append((str(card.index), card.uuid, u.pid) + ident + (u.memory, u.engines))
+        return out
+
+    def update(self, now):
+        table = self.scanner.scan(now, SHARE_WINDOW)
+        entries = self._nvidia(now, table) + self._drm(now, table)
+        self.snapshot = entries
+        try:
+            self.scanner.note_gpu_pids({e[2] for e in entries})
+        except AttributeError:
+            pass
+        return self._families(entries)
+
+    def _families(self, entries):
+        gl = ["gpu", "uuid"]
+        pl = gl + ["pid", "name", "user", "owner"]
+        mem = gauge("hoofhearted_gpu_process_memory_bytes", "GPU memory a top process holds on a GPU.", pl)
+        util = gauge("hoofhearted_gpu_process_utilization_ratio",
+                     "Share of time a GPU engine worked for a top process (0-1).", pl + ["engine"])
+        count = gauge("hoofhearted_gpu_processes", "Processes using a GPU.", gl)
+        gmem = gauge("hoofhearted_gpu_process_group_memory_bytes",
+                     "GPU memory held by the processes of one name on a GPU.", gl + ["group"])
+        gutil = gauge("hoofhearted_gpu_process_group_utilization_ratio",
+                      "Share of time a GPU engine worked for the processes of one name (0-1).",
+                      gl + ["group", "engine"])
+        by_gpu = {}
+        for e in entries:
+            by_gpu.setdefault((e[0], e[1]), []).append(e)
+        for (gpu, uuid), items in sorted(by_gpu.items()):
+            count.add_metric([gpu, uuid], len(items))
+            for e in _top(items, self.top_n):
+                lab = [gpu, uuid, str(e[2]), e[3], e[4], e[5]]
+                _opt(mem, lab, e[6])
+                for engine, ratio in sorted((e[7] or {}).items()):
+                    util.add_metric(lab + [engine], ratio)
+            for group, (m, engines) in _groups(items, self.max_groups):
+                if m is not None:
+                    gmem.add_metric([gpu, uuid, group], m)
+                for engine, ratio in sorted(engines.items()):
+                    gutil.add_metric([gpu, uuid, group, engine], ratio)
+        return [mem, util, count, gmem, gutil]
+
+    def close(self):
+        release_source(self.source)
+        self.source = None
+
+
+def _busy(e):
+    return max((e[7] or {}).values(), default=0.0)
+
+
+def _top(items, n):
+    """Top n by utilisation and top n by memory, union, in pid order."""
+    if len(items) <= n:
+        return sorted(items, key=lambda e: e[2])
+    by_util = sorted(items, key=lambda e: (-_busy(e), e[2]))[:n]
+    by_mem = sorted(items, key=lambda e: (-(e[6] or 0), e[2]))[:n]
+    chosen = {id(e): e for e in by_util + by_mem}
+    return sorted(chosen.values(), key=lambda e: e[2])
+
+
+def _groups(items, max_groups):
+    """[(name, (memory or None, {engine: ratio}))], at most max_groups with 'other' last."""
+    groups = {}
+    for e in items:
+        m, engines = groups.get(e[3], (None, {}))
+        if e[6] is not None:
+            m = (m or 0) + e[6]
+        for k, v in (e[7] or {}).items():
+            engines[k] = engines.get(k, 0.0) + v
+        groups[e[3]] = (m, engines)
+    ranked = sorted(groups.items(), key=lambda kv: (-max(kv[1][1].values(), default=0.0),
+                                                    -(kv[1][0] or 0), kv[0]))
+    keep = ranked if len(ranked) <= max_groups else ranked[:max_groups - 1]
+    out = [(name, (m, {k: min(1.0, v) for k, v in eng.items()})) for name, (m, eng) in keep if name != OTHER]
+    rest = [kv for kv in ranked if kv not in keep or kv[0] == OTHER]
+    if rest:
+        m = sum(v[0] for _, v in rest if v[0] is not None) if any(v[0] is not None for _, v in rest) else None
+        engines = {}
+        for _, (_, eng) in rest:
+            for k, v in eng.items():
+                engines[k] = min(1.0, engines.get(k, 0.0) + v)
+        out.append((OTHER, (m, engines)))
+    return out

@@ -1,0 +1,73 @@
+"""DRM cards in sysfs (/sys/class/drm/card<N>): which GPU sits at which PCI address.
+
+Only ``card<N>`` entries are GPUs; ``card1-DP-1`` and the like are connectors and
+``renderD128`` is a second node of a card already listed.
+"""
+import os
+import re
+from dataclasses import dataclass
+
+from .host import read_text
+
+_CARD = re.compile(r"^card(\d+)$")
+_PCI = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+VENDORS = {"0x1002": "amd", "0x10de": "nvidia", "0x8086": "intel"}
+
+
+@dataclass
+class Card:
+    index: int              # the N of cardN
+    device: str             # path of card<N>/device
+    driver: str             # 'amdgpu', 'i915', 'xe', 'nvidia', ...
+    pci_slot: str           # '0000:09:00.0', or '' for a platform device
+    vendor: str             # 'amd', 'nvidia', 'intel', or the PCI vendor id
+
+    @property
+    def key(self):
+        """What fdinfo's drm-pdev names (the PCI slot), or the driver for platform devices."""
+        return self.pci_slot or self.driver
+
+    @property
+    def uuid(self):
+        """The card's unique_id (amdgpu), else its PCI slot."""
+        return (read_text(os.path.join(self.device, "unique_id")) or "").strip() or self.key
+
+
+def _uevent(device):
+    out = {}
+    for line in (read_text(os.path.join(device, "uevent")) or "").splitlines():
+        k, _, v = line.partition("=")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def list_cards(sysfs):
+    base = os.path.join(sysfs, "class", "drm")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    cards = []
+    for name in names:
+        m = _CARD.match(name)
+        if not m:
+            continue
+        device = os.path.join(base, name, "device")
+        if not os.path.isdir(device):
+            continue
+        uevent = _uevent(device)
+        driver = uevent.get("DRIVER", "")
+        if not driver:
+            try:
+                driver = os.path.basename(os.readlink(os.path.join(device, "driver")))
+            except OSError:
+                driver = ""
+        slot = uevent.get("PCI_SLOT_NAME", "")
+        if not slot:
+            real = os.path.basename(os.path.realpath(device))
+            slot = real if _PCI.match(real) else ""
+        vendor_id = (read_text(os.path.join(device, "vendor")) or "").strip().lower()
+        if not vendor_id and uevent.get("PCI_ID"):
+            vendor_id = "0x" + uevent["PCI_ID"].split(":")[0].lower()
+        cards.append(Card(int(m.group(1)), device, driver, slot.lower(), VENDORS.get(vendor_id, vendor_id)))
+    return sorted(cards, key=lambda c: c.index)
