@@ -124,8 +124,9 @@ def render(data):
              f"{a['anchor_seconds']:.0f} s: see 'scrapes'); CPU over {a['cpu_seconds']:.0f} s with every "
              f"exporter scraped every {a['interval']:.0f} s.", "",
              "| extra procs | exporter | scrape p50 ms | p99 ms | scrapes | bytes (gzip) | series "
-             "| CPU ms/scrape | CPU s/min, scraped every 2 s | % of a core | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| CPU ms/scrape | CPU s/min, scraped every 2 s | % of a core | every-2 s scrape p50 / max ms "
+             "| peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, s in sorted(summary.items()):
         for name in (HH, NODE, PE):
             e = s["exporters"][name]
@@ -133,9 +134,11 @@ def render(data):
                 f"| +{n} ({s['processes']:.0f}) | {name} | {fmt(e['p50'], 1e3)} | {fmt(e['p99'], 1e3)} "
                 f"| {e['scrapes']:.0f} | {e['bytes'] / 1e3:.1f} k ({e['wire_bytes'] / 1e3:.1f} k) | {e['series']:.0f} "
                 f"| {fmt(e['cpu_per_scrape'], 1e3, 2)} | {fmt(e['cpu_per_min'], 1, 3)} "
-                f"| {fmt(e['cpu_per_min'], 100 / 60, 2)} | {fmt(e['peak_rss'], 1 / MB, 1)} |")
+                f"| {fmt(e['cpu_per_min'], 100 / 60, 2)} "
+                f"| {fmt(e.get('window_p50'), 1e3)} / {fmt(e.get('window_max'), 1e3)} "
+                f"| {fmt(e['peak_rss'], 1 / MB, 1)} |")
         lines.append(f"| +{n} | hoofhearted, Prometheus' Accept (OpenMetrics) | {fmt(s['om']['p50'], 1e3)} "
-                     f"| {fmt(s['om']['p99'], 1e3)} | | | | | | | |")
+                     f"| {fmt(s['om']['p99'], 1e3)} | | | | | | | | |")
     lines += ["", "Ratios hoofhearted / anchor, each taken inside one run, median over runs:", "",
               "| extra procs | p50 / node | p99 / node | CPU / (node + process-exporter) | own CPU % of a core "
               "| process source pass CPU ms (first) | process collector refresh CPU ms (first) "

@@ -19,7 +19,8 @@ import time
 
 from . import exporters as ex, report
 from .procs import IdleProcesses, Reaper, count_processes, cpu_seconds, status_bytes
-from .scrape import PROMETHEUS_ACCEPT, PeriodicScraper, body_stats, latency, session, single_scrape_cpu
+from .scrape import (PROMETHEUS_ACCEPT, PeriodicScraper, body_stats, latency, percentile, session,
+                     single_scrape_cpu)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BURNER = "hh-burner"
@@ -104,7 +105,11 @@ def burner_appearance(hh, reaper, workdir, timeout=15.0):
 
 
 def cpu_window(exps, seconds, interval):
-    """Each exporter's CPU seconds per minute while all are scraped every `interval` seconds."""
+    """Each exporter's CPU seconds per minute while all are scraped every `interval` seconds.
+
+    These scrapes send Prometheus' own Accept header (hoofhearted then answers OpenMetrics; the
+    anchors answer text either way), and each one finds the cache of the last scrape outdated.
+    """
     scrapers = [PeriodicScraper(e.metrics, interval) for e in exps]
     c0 = {e.name: cpu_seconds(e.pid) for e in exps}
     t0 = time.monotonic()
@@ -117,7 +122,9 @@ def cpu_window(exps, seconds, interval):
             s.stop()
     elapsed = time.monotonic() - t0
     return {e.name: {"cpu_per_min": (cpu_seconds(e.pid) - c0[e.name]) / elapsed * 60,
-                     "window_scrapes": s.scrapes, "window_errors": s.errors}
+                     "window_scrapes": s.scrapes, "window_errors": s.errors,
+                     "window_p50": percentile(s.times, 50) if s.times else None,
+                     "window_max": max(s.times) if s.times else None}
             for e, s in zip(exps, scrapers)}
 
 

@@ -90,22 +90,27 @@ def single_scrape_cpu(url, pid, count, max_seconds, settle=0.25):
 class PeriodicScraper(threading.Thread):
     """Scrapes one URL every `interval` seconds on a fixed schedule until stopped."""
 
-    def __init__(self, url, interval=2.0):
+    def __init__(self, url, interval=2.0, accept=PROMETHEUS_ACCEPT):
         super().__init__(daemon=True)
-        self.url, self.interval = url, interval
+        self.url, self.interval, self.accept = url, interval, accept
         self.stop_event = threading.Event()
-        self.scrapes = 0
+        self.times = []
         self.errors = 0
 
+    @property
+    def scrapes(self):
+        return len(self.times)
+
     def run(self):
-        s = session()
+        s = session(self.accept)
         start = time.monotonic()
         k = 0
         try:
             while not self.stop_event.is_set():
                 try:
+                    t0 = time.perf_counter()
                     s.get(self.url, timeout=30).content
-                    self.scrapes += 1
+                    self.times.append(time.perf_counter() - t0)
                 except requests.RequestException:
                     self.errors += 1
                 k += 1

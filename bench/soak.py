@@ -12,7 +12,6 @@ the last third: a rise beyond the tolerance of any of them fails the run (exit s
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket

@@ -232,7 +232,6 @@ SCHEMA = {
     "gpu": {
         "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
         "max_groups": Field("int", 10, _positive, "a positive integer"),
-        "allowed_processes": Field("list_str", []),
         "nvml_module": Field("str", "pynvml", _module_name, "a Python module name"),
     },
     "grafana_live": {

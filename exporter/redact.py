@@ -27,7 +27,7 @@ _SPLIT = re.compile(r"[^a-z0-9]+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/\s?#]*)@")
 _PAIR_ARG = re.compile(r"^(-{0,2}[A-Za-z_][\w.\-]*)(=)(.*)$", re.S)
-_HEADER = re.compile(r"^([A-Za-z][\w\-]*)(:\s*)(.+)$", re.S)
+_HEADER = re.compile(r"^([A-Za-z][\w.\-]*)(:\s*)(.+)$", re.S)
 _INNER_PAIR = re.compile(r"(?<=[\s?&;])([A-Za-z_][\w.\-]*)=([^\s&;]*)")
 _JSON_PAIR = re.compile(r'"([^"\\]{1,100})"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
 _HEX = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])")
@@ -110,10 +110,10 @@ def redact_args(args):
     for i, arg in enumerate(args):
         if mask_next is not None:
             how, mask_next = mask_next, None
-            if how == "next" and not arg.startswith("--"):
-                out.append(MASK)
-                continue
-            if how == "userpass":
+            if not arg.startswith("--"):     # "--token --password x": the next option is no value
+                if how == "next":
+                    out.append(MASK)
+                    continue
                 user, sep, _ = arg.partition(":")
                 out.append(redact_arg(user) + sep + (MASK if sep else ""))
                 continue

@@ -2,7 +2,8 @@
 
 Each collector gets a Job and its own thread: a hanging device blocks only its own job,
 never a scrape or another tier. A refresh renders its exposition bytes once; a scrape joins
-the cached bytes of every job plus a few lines about the jobs themselves.
+the cached bytes of every job, family by family (two collectors may feed one family), plus
+a few lines about the jobs themselves.
 """
 import gzip
 import logging
@@ -29,9 +30,9 @@ class Job:
         self.clock = clock
         self.wall = wall
         self.escalated = False
-        self.body = b""
+        self.parts = []              # render.text_parts of the last good refresh
         self.families = []
-        self._om = None
+        self._om = (None, [])        # (families, their render.openmetrics_parts), made on demand
         self.version = 0
         self.runs = 0
         self.success = None          # None: never ran
@@ -53,7 +54,7 @@ class Job:
         self.running_since = start
         try:
             families = self.collector.refresh(start)
-            body = render.text(families)
+            parts = render.text_parts(families)
         except Exception as e:  # a collector must never take the exporter down
             self.running_since = None
             self.duration = self.clock() - start
@@ -65,7 +66,7 @@ class Job:
         self.runs += 1
         if self.success is False:
             log.info("collector recovered collector=%s", self.name)
-        self.families, self.body, self._om = families, body, None
+        self.families, self.parts = families, parts
         self.success, self.error = True, None
         self.last_success = start
         self.last_success_wall = self.wall()
@@ -91,10 +92,13 @@ class Job:
     def ok(self, now):
         return bool(self.success) and not self.timed_out(now)
 
-    def openmetrics(self):
-        if self._om is None:
-            self._om = render.openmetrics(self.families)
-        return self._om
+    def openmetrics_parts(self):
+        """OpenMetrics parts of the last good refresh, rendered once on the first scrape asking."""
+        families = self.families
+        cached = self._om
+        if cached[0] is not families:
+            cached = self._om = (families, render.openmetrics_parts(families))
+        return cached[1]
 
 
 class Scheduler:
@@ -232,16 +236,12 @@ class Scheduler:
             if key == self._cache_key:
                 return self._cache
         meta = self.meta_families(now)
-        parts = []
-        for job, (_, _, stale) in zip(self.jobs, state):
-            if not stale:
-                parts.append(job.openmetrics() if openmetrics else job.body)
+        fresh = [job for job, (_, _, stale) in zip(self.jobs, state) if not stale]
         if openmetrics:
-            parts.append(render.openmetrics(meta))
-            parts.append(b"# EOF\n")
+            parts = [job.openmetrics_parts() for job in fresh] + [render.openmetrics_parts(meta)]
+            body = render.join_parts(parts) + b"# EOF\n"
         else:
-            parts.append(render.text(meta))
-        body = b"".join(parts)
+            body = render.join_parts([job.parts for job in fresh] + [render.text_parts(meta)])
         cached = {"identity": body}
         with self._cache_lock:
             self._cache_key, self._cache = key, cached

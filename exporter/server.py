@@ -329,10 +329,10 @@ class Connection(asyncio.Protocol):
         if self.state in ("closed", "closing"):
             return
         self.buf += data
-        if self.state in ("idle", "head"):
+        if self.state in ("idle", "head") and not self.write_paused:
             self._process()
-        elif self.state == "busy" and len(self.buf) > self.srv.max_header_bytes:
-            self._pause_reading()   # pipelined requests wait while one is busy
+        elif self.state != "tls" and len(self.buf) > self.srv.max_header_bytes:
+            self._pause_reading()   # pipelined requests wait while one is busy or unread
 
     def _process(self):
         srv = self.srv

@@ -558,7 +558,7 @@ class ServerSecurity:
         self._sig = _signature(self.current.files)
         self._bad_sig = None
         self._checked = clock()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()     # a second SIGHUP may arrive inside the first one's reload
         self.checker = Checker()
         self.reloads = 0
         if path:
@@ -582,20 +582,25 @@ class ServerSecurity:
         self._checked = now
         sig = _signature(self.current.files)
         if sig != self._sig and sig != self._bad_sig:
-            self.reload()
+            self._reload(log_errors=True, repeat=False)
 
     def reload(self, log_errors=True):
-        """Load the file again; on error keep the last good config. True when the new one is in use."""
+        """Load the file again (SIGHUP); on error keep the last good config. True when the new one is in use."""
+        return self._reload(log_errors, repeat=True)
+
+    def _reload(self, log_errors, repeat):
+        """``repeat``: log an error even when this bad version of the files was logged before."""
         if not self.path:
             return True
         with self._lock:
             old = self.current
             try:
                 new = load_web_config(self.path)
-            except ConfigError as e:
+            except Exception as e:   # ConfigError, or anything else: the running server keeps going
                 sig = _signature(old.files)
-                if log_errors and sig != self._bad_sig:
-                    log.error("web config not reloaded, keeping the last good one err=%r", str(e))
+                if log_errors and (repeat or sig != self._bad_sig):
+                    err = str(e) if isinstance(e, ConfigError) else repr(e)
+                    log.error("web config not reloaded, keeping the last good one err=%r", err)
                 self._bad_sig = sig
                 return False
             if new.users == old.users:

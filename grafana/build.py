@@ -341,12 +341,12 @@ def home():
                                                                                           "fixedColor": "red"})],
         description="Cores used by each top process, stacked; the dashed line is the whole machine."), 24, 7)
     b.add(timeseries("GPU by process (stacked)", targets(
-        (f'hoofhearted_gpu_process_utilization_ratio{{{IG}, engine="sm"}}', GPU_PROC_LEGEND),
+        (f'max without (engine) (hoofhearted_gpu_process_utilization_ratio{{{IG}, engine!="memory"}})', GPU_PROC_LEGEND),
         (f"hoofhearted_gpu_utilization_ratio{{{IG}}}", "GPU{{gpu}} busy")), unit="percentunit", stack=True,
         minimum=0,
         overrides=[override("#B", custom__stacking={"group": "A", "mode": "none"}, custom__fillOpacity=0,
                             custom__lineStyle={"dash": [10, 10], "fill": "dash"})],
-        description="Share of GPU time used by each process (SM engine), stacked; dashed: the GPU's busy."),
+        description="Share of GPU time used by each process (its busiest engine), stacked; dashed: the GPU's busy."),
         24, 7)
 
     b.row("Live (Grafana Live stream from the exporter, every second, no polling)")
@@ -419,7 +419,7 @@ def gpu():
 
     b.row("Processes on the GPUs")
     b.add(table("GPU processes", targets(
-        (f'hoofhearted_gpu_process_utilization_ratio{{{IG}, engine="sm"}}', ""),
+        (f'max without (engine) (hoofhearted_gpu_process_utilization_ratio{{{IG}, engine!="memory"}})', ""),
         (f"hoofhearted_gpu_process_memory_bytes{{{IG}}}", ""), table=True),
         merge_table({"Value #A": "GPU share", "Value #B": "GPU memory", "gpu": "GPU", "name": "Process",
                      "pid": "PID", "user": "User", "owner": "Owner"},
@@ -429,7 +429,7 @@ def gpu():
         overrides=[override("GPU share", unit="percentunit", custom__cellOptions={"mode": "basic", "type": "gauge"},
                             min=0, max=1), override("GPU memory", unit="bytes")]), 24, 8)
     b.add(timeseries("GPU share by process (stacked)", targets(
-        (f'hoofhearted_gpu_process_utilization_ratio{{{IG}, engine="sm"}}', GPU_PROC_LEGEND)),
+        (f'max without (engine) (hoofhearted_gpu_process_utilization_ratio{{{IG}, engine!="memory"}})', GPU_PROC_LEGEND)),
         unit="percentunit", stack=True, minimum=0), 12, 8)
     b.add(timeseries("GPU memory by process (stacked)", targets(
         (f"hoofhearted_gpu_process_memory_bytes{{{IG}}}", GPU_PROC_LEGEND)), unit="bytes", stack=True,

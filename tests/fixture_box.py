@@ -7,7 +7,7 @@ import shutil
 
 from conftest import FIXTURES, PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
 
-FAKE_NVML = "tests.fakenvml.h100"
+FAKE_NVML = "tests.fakenvml.box"
 
 
 class FixedStatvfs:
@@ -47,7 +47,17 @@ def make_sysfs(root):
         with open(os.path.join(board, name), "w") as f:
             f.write(value + "\n")
     os.symlink(os.path.join(SYSFS, "devices"), os.path.join(root, "devices"))
-    os.symlink(os.path.join(PROCFS_SYSFS, "class", "drm"), os.path.join(root, "class", "drm"))
+    drm = os.path.join(root, "class", "drm")
+    os.makedirs(drm)
+    os.symlink(os.path.join(PROCFS_SYSFS, "class", "drm", "card1"), os.path.join(drm, "card1"))
+    shutil.copytree(os.path.join(PROCFS_SYSFS, "class", "drm", "card0"), os.path.join(drm, "card0"), symlinks=True)
+    amd_hwmon = os.path.join(drm, "card0", "device", "hwmon", "hwmon31")
+    os.makedirs(amd_hwmon)
+    for name, value in (("name", "amdgpu"), ("temp1_input", "61000"), ("temp1_label", "edge"),
+                        ("temp2_input", "74000"), ("temp2_label", "junction"), ("fan1_input", "1830"),
+                        ("pwm1", "102"), ("power1_average", "143000000")):
+        with open(os.path.join(amd_hwmon, name), "w") as f:
+            f.write(value + "\n")
     os.symlink(os.path.join(PROCFS_SYSFS, "bus"), os.path.join(root, "bus"))
     return root
 
@@ -59,6 +69,20 @@ def make_procfs(root):
         f.write("/dev/sda1 / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n/dev/sdb1 /data xfs rw 0 0\n")
     with open(os.path.join(root, "filesystems"), "w") as f:
         f.write("nodev\tsysfs\nnodev\tproc\n\text4\n\txfs\n")
+    # a miner, copied from the vim process: the miner metric needs one to appear
+    miner = os.path.join(root, "31337")
+    shutil.copytree(os.path.join(root, "26231"), miner, symlinks=True)
+    with open(os.path.join(miner, "stat")) as f:
+        stat = f.read().replace("(vim)", "(xmrig)", 1)
+    for name, text in (("stat", stat), ("comm", "xmrig\n"),
+                       ("cmdline", "xmrig\0--url\0stratum+tcp://pool.example:3333\0--pass\0hunter2\0")):
+        with open(os.path.join(miner, name), "w") as f:
+            f.write(text)
+    # these fixture processes have no status file; without one the user would be whoever
+    # copied the tree, which differs between machines
+    for pid, uid in (("584", 0), ("27079", 0), ("26232", 33)):
+        with open(os.path.join(root, pid, "status"), "w") as f:
+            f.write(f"Name:\tfixture\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
     return root
 
 
@@ -68,8 +92,9 @@ def box_config(tmp):
     cfg["paths"]["procfs"] = make_procfs(os.path.join(tmp, "proc"))
     cfg["paths"]["sysfs"] = make_sysfs(os.path.join(tmp, "sys"))
     cfg["paths"]["rootfs"] = tmp
-    if "nvml_module" in cfg.get("gpu", {}):
-        cfg["gpu"]["nvml_module"] = FAKE_NVML
+    cfg["gpu"]["nvml_module"] = FAKE_NVML
+    # nothing listens on the discard port: pushes fail fast and are counted
+    cfg["grafana_live"].update(url="http://127.0.0.1:9", token="box")
     return cfg
 
 

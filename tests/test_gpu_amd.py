@@ -11,7 +11,7 @@ from conftest import PROCFS_SYSFS, ROOT
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from exporter.collectors.gpu import AMDGPUCollector, Board, NvidiaCollector  # noqa: E402
+from exporter.collectors.gpu import AMDGPUCollector, NvidiaCollector  # noqa: E402
 from exporter.sources.amdgpu import AMDGPUSource  # noqa: E402
 from exporter.sources.nvidia import NvidiaSource  # noqa: E402
 from tests.fakenvml import scenarios  # noqa: E402
@@ -172,28 +172,28 @@ def test_pyamdgpuinfo_fills_what_sysfs_lacks(card):
 
 
 def test_mixed_box_writes_each_family_once(card):
-    """NVIDIA and AMD share metric names: with the nvidia collector enabled it writes the AMD cards
-    too, so no family appears twice in a scrape."""
+    """NVIDIA and AMD share metric names: the scrape joins both collectors' samples under one
+    header per family, and each collector keeps its own success and escalation."""
+    from conftest import parse_exposition
+    from exporter.config import defaults
+    from exporter.scheduler import Scheduler
+
     sysfs, _ = card
-    board = Board(max_age=10.0, nvidia_writes=True)
-    nvc = NvidiaCollector(NvidiaSource(scenarios.datacenter()), board)
-    amd = AMDGPUCollector(AMDGPUSource(sysfs, amdgpuinfo=False), board)
-    assert amd.refresh(0.0) == []
-    names = [f.name for f in nvc.refresh(1.0) if f.samples]
-    assert len(names) == len(set(names))
-    reg = CollectorRegistry()
-    reg.register(nvc)
-    assert value(reg, "hoofhearted_gpu_devices", vendor="amd") == 1
-    assert value(reg, "hoofhearted_gpu_temperature_celsius", **CARD0) == 45.0
-    assert value(reg, "hoofhearted_gpu_temperature_celsius", gpu="0", uuid=H100_UUID) == 59
-    assert amd.hot({"gpu_temperature_celsius": 45.0}) == ("gpu_temperature",)   # still its own
-    # AMD readings older than max_age are not written
-    assert not any(s.labels.get("uuid") == "0123456789abcdef" for f in nvc.refresh(20.0) for s in f.samples)
-    # the same with no NVIDIA driver at all: the AMD card is written once, by the nvidia collector
-    board = Board(nvidia_writes=True)
-    AMDGPUCollector(AMDGPUSource(sysfs, amdgpuinfo=False), board).refresh(0.0)
-    fams = NvidiaCollector(NvidiaSource(scenarios.nodriver()), board).refresh(0.5)
-    assert [s.labels["vendor"] for f in fams if f.name == "hoofhearted_gpu_info" for s in f.samples] == ["amd"]
-    # with the nvidia collector disabled the amdgpu collector writes its own
-    own = AMDGPUCollector(AMDGPUSource(sysfs, amdgpuinfo=False), Board(nvidia_writes=False)).refresh(0.0)
-    assert any(s.labels.get("uuid") == "0123456789abcdef" for f in own for s in f.samples)
+    nvc = NvidiaCollector(NvidiaSource(scenarios.datacenter()))
+    amd = AMDGPUCollector(AMDGPUSource(sysfs, amdgpuinfo=False))
+    sched = Scheduler([nvc, amd], defaults())
+    for job in sched.jobs:
+        sched.run_job(job)
+    body = sched.body().decode()
+    assert body.count("# TYPE hoofhearted_gpu_info gauge") == 1
+    m = parse_exposition(body)          # fails on a duplicate series
+    vendors = sorted(dict(k[1])["vendor"] for k in m if k[0] == "hoofhearted_gpu_info")
+    assert vendors == ["amd", "nvidia", "nvidia"]
+    assert m[("hoofhearted_gpu_devices", frozenset({("vendor", "amd")}))] == 1
+    assert m[("hoofhearted_gpu_temperature_celsius", frozenset(CARD0.items()))] == 45.0
+    assert m[("hoofhearted_gpu_temperature_celsius", frozenset({("gpu", "0"), ("uuid", H100_UUID)}))] == 59
+    assert amd.hot({"gpu_temperature_celsius": 45.0}) == ("gpu_temperature",)
+    assert nvc.hot({"gpu_temperature_celsius": 45.0}) == ("gpu_temperature",)
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    om = {f.name: f for f in text_string_to_metric_families(sched.body(openmetrics=True).decode())}
+    assert len(om["hoofhearted_gpu_info"].samples) == 3

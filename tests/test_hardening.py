@@ -137,7 +137,7 @@ def test_oversized_head_gets_431(start_exporter):
     assert status(big) == 431
     endless = exchange(exp, b"GET /metrics HTTP/1.1\r\nX-Junk: " + b"a" * 5000)    # never ends its head
     assert status(endless) == 431
-    ok = exchange(exp, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * 800 + b"\r\nConnection: close\r\n\r\n")
+    ok = exchange(exp, b"GET /-/healthy HTTP/1.1\r\nX-Junk: " + b"a" * 800 + b"\r\nConnection: close\r\n\r\n")
     assert status(ok) == 200
 
 
@@ -192,7 +192,8 @@ def auth_request(n):
 
 def test_requests_in_flight_are_capped(start_exporter, tmp_path):
     """New passwords wait for a bcrypt check; past web.max_requests in flight, 503 at once."""
-    exp = slow_auth_exporter(start_exporter, tmp_path, 13, env={"HOOFHEARTED_WEB_MAX_REQUESTS": "2"})
+    env = {"HOOFHEARTED_WEB_MAX_REQUESTS": "2", "HOOFHEARTED_WEB_READ_TIMEOUT_SECONDS": "30"}
+    exp = slow_auth_exporter(start_exporter, tmp_path, 15, env=env)
     waiting = [connect(exp), connect(exp)]
     for i, s in enumerate(waiting):
         s.sendall(auth_request(i))
@@ -209,7 +210,7 @@ def test_requests_in_flight_are_capped(start_exporter, tmp_path):
 
 def test_scrape_timeout_header_bounds_the_wait(start_exporter, tmp_path):
     """A scraper that gives up after 0.3 s gets 503 at 0.3 s, not a late answer after a slow check."""
-    exp = slow_auth_exporter(start_exporter, tmp_path, 14)
+    exp = slow_auth_exporter(start_exporter, tmp_path, 15)
     req = auth_request(1).replace(b"\r\n\r\n", b"\r\nX-Prometheus-Scrape-Timeout-Seconds: 0.3\r\n\r\n")
     t = time.perf_counter()
     raw = exchange(exp, req)

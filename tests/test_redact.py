@@ -59,6 +59,8 @@ CASES = [
      ["xoxb-1234567890-abcdefghij"]),
     (["odbc", "Driver={ODBC 18};Server=sql1;Uid=sa;Pwd=odbcpw;"],
      ["odbc", "Driver={ODBC 18};Server=sql1;Uid=sa;Pwd=***;"], ["odbcpw"]),
+    (["curl", "-u", "--password", "pw22"], ["curl", "-u", "--password", "***"], ["pw22"]),
+    (["app", "db.credentials.password: 222222"], ["app", "db.credentials.password: ***"], ["222222"]),
     (["runner", "--env", '{"HOME": "/root", "GITHUB_TOKEN": "gt_55"}'],
      ["runner", "--env", '{"HOME": "/root", "GITHUB_TOKEN": "***"}'], ["gt_55"]),
     # benign command lines stay readable

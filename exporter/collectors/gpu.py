@@ -3,11 +3,8 @@ gpu_process (per-process memory and utilisation from NVML and DRM fdinfo).
 
 NVML is opened once and shared by the three NVIDIA-backed collectors (``nvidia_source``).
 
-NVIDIA and AMD GPUs share the device metric names, and a metric family must appear once per
-scrape. So one collector writes them all: ``nvidia`` when it is enabled (adding the AMD cards the
-amdgpu collector read last, while that reading is fresh), else ``amdgpu``. Which one is fixed
-when the collectors are built, so the two never both write. The amdgpu collector keeps its own
-refresh, timeout, success metric and escalation either way.
+NVIDIA and AMD GPUs share the device metric names; the scheduler joins the two collectors'
+samples under one family per scrape.
 """
 import importlib
 import logging
@@ -61,34 +58,6 @@ def release_source(source):
             if v is source:
                 del _sources[k]
     source.close()
-
-
-class Board:
-    """Which collector writes the device families, and the AMD cards read last."""
-
-    def __init__(self, max_age=10.0, nvidia_writes=False):
-        self.max_age = max_age
-        self.nvidia_writes = nvidia_writes
-        self.amd = None            # (now, [AMDGPU])
-
-    def amd_cards(self, now):
-        if self.amd is None or now - self.amd[0] > self.max_age:
-            return None
-        return self.amd[1]
-
-
-_boards = {}            # id(config) -> (config, Board): the collectors of one build share one
-_boards_lock = threading.Lock()
-
-
-def _board_for(config):
-    with _boards_lock:
-        entry = _boards.get(id(config))
-        if entry is None or entry[0] is not config:
-            t = config["tiers"][config["collectors"]["amdgpu"]["tier"]]
-            age = t * config["refresh"]["stale_after_intervals"] + config["refresh"]["timeout_seconds"]
-            entry = _boards[id(config)] = (config, Board(age, config["collectors"]["nvidia"]["enabled"]))
-        return entry[1]
 
 
 # -- device families ---------------------------------------------------------------------------
@@ -211,18 +180,17 @@ class NvidiaCollector(Collector):
     tier = "critical"
     escalates = True
 
-    def __init__(self, source, board=None):
+    def __init__(self, source):
         super().__init__()
         self.source = source
-        self.board = board or Board()
 
     @classmethod
     def create(cls, config):
-        return cls(nvidia_source(config), _board_for(config))
+        return cls(nvidia_source(config))
 
     def update(self, now):
         snap = self.snapshot = self.source.read_devices(now) if self.source else nvidia.NvidiaSnapshot()
-        return device_families(snap, self.board.amd_cards(now) if self.board.nvidia_writes else None)
+        return device_families(snap, None)
 
     def hot(self, thresholds):
         if self.snapshot is None:
@@ -267,20 +235,16 @@ class AMDGPUCollector(Collector):
     tier = "critical"
     escalates = True
 
-    def __init__(self, source, board=None):
+    def __init__(self, source):
         super().__init__()
         self.source = source
-        self.board = board or Board()
 
     @classmethod
     def create(cls, config):
-        return cls(amdgpu.AMDGPUSource(config["paths"]["sysfs"]), _board_for(config))
+        return cls(amdgpu.AMDGPUSource(config["paths"]["sysfs"]))
 
     def update(self, now):
         cards = self.snapshot = self.source.read()
-        self.board.amd = (now, cards)
-        if self.board.nvidia_writes:
-            return []               # the nvidia collector writes these families (see module doc)
         return device_families(None, cards)
 
     def hot(self, thresholds):

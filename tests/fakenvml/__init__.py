@@ -72,7 +72,7 @@ class FakeGPU:
 
     Any value may be an Err: that call returns the error code instead. ``processes`` is a list
     of dicts {pid, types ('C', 'G', 'M'), used (bytes or NOT_AVAILABLE), gi, ci}; ``samples`` is
-    a list of rounds, each {pid: (sm, mem, enc, dec)}, replayed one round per second.
+    a list of rounds, each {pid: (sm, mem, enc, dec)}, replayed one round per sample period.
     """
 
     def __init__(self, **kw):

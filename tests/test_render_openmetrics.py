@@ -1,0 +1,56 @@
+"""The fast OpenMetrics writer gives the same bytes as prometheus_client's own."""
+import math
+
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.samples import Exemplar
+
+from exporter import render
+from exporter.collectors.base import counter, gauge
+
+
+def families():
+    temp = gauge("hoofhearted_temperature_celsius", 'Temperature with a "quote", a \\ and\na newline.',
+                 ["sensor", "chip"])
+    temp.add_metric(["Package id 0", "coretemp-isa-0000"], 61.5)
+    temp.add_metric(['odd "label"\\value\nline', "z"], -0.0)
+    read = counter("hoofhearted_disk_read_bytes", "Bytes read.", ["device"])
+    read.add_metric(["sda"], 123456789012)
+    read.add_metric(["nvme0n1"], 1e21)
+    cores = gauge("hoofhearted_cpu_cores", "Logical CPUs.")
+    cores.add_metric([], 2)
+    odd = gauge("hoofhearted_odd_values", "Special floats.", ["kind"])
+    for kind, v in (("inf", math.inf), ("-inf", -math.inf), ("nan", math.nan), ("tiny", 1.5e-9), ("int", 7)):
+        odd.add_metric([kind], v)
+    empty = gauge("hoofhearted_nothing", "No samples: not written.")
+    info = InfoMetricFamily("hoofhearted_build", "Build.", value={"version": "1.2.3", "python_version": "3.11.7"})
+    unit = GaugeMetricFamily("hoofhearted_fan_speed", "Fan speed.", labels=["fan"], unit="rpm")
+    unit.add_metric(["1"], 1200)
+    return [temp, read, cores, odd, empty, info, unit]
+
+
+def test_openmetrics_parts_match_prometheus_client_bytes():
+    fams = families()
+    assert render.join_parts([render.openmetrics_parts(fams)]) == render.openmetrics(fams)
+
+
+def test_families_from_two_collectors_are_merged_under_one_header():
+    a, b = gauge("hoofhearted_gpu_up", "GPU answers.", ["gpu"]), gauge("hoofhearted_gpu_up", "GPU answers.", ["gpu"])
+    a.add_metric(["0"], 1)
+    b.add_metric(["1"], 0)
+    other = gauge("hoofhearted_cpu_cores", "Logical CPUs.")
+    other.add_metric([], 4)
+    joined = render.join_parts([render.openmetrics_parts([a, other]), render.openmetrics_parts([b])])
+    assert joined == render.openmetrics(render.merge_families([[a, other], [b]]))
+    assert joined.count(b"# TYPE hoofhearted_gpu_up gauge") == 1
+    assert b'hoofhearted_gpu_up{gpu="0"} 1.0\nhoofhearted_gpu_up{gpu="1"} 0.0\n' in joined
+
+
+def test_exemplars_go_through_prometheus_client():
+    c = counter("hoofhearted_things", "Things.", ["kind"])
+    c.add_metric(["a"], 3, exemplar=Exemplar({"trace_id": "abc"}, 1.0, 1700000000.5))
+    c.add_metric(["b"], 4, timestamp=1700000000)
+    g = gauge("hoofhearted_plain", "Plain.")
+    g.add_metric([], 1)
+    fams = [c, g]
+    assert render.join_parts([render.openmetrics_parts(fams)]) == render.openmetrics(fams)
+    assert b'# {trace_id="abc"} 1.0 1700000000.5' in render.join_parts([render.openmetrics_parts(fams)])
