@@ -13,6 +13,8 @@ from . import exporters as ex
 from .procs import IdleProcesses, count_processes
 from .scrape import PeriodicScraper
 
+WAITS = ("Condition.wait ", "Event.wait ", "EpollSelector.select ")
+GENERIC = ("(threading.py)", "(<frozen", "(asyncio/", "(selectors.py)", "Scheduler._loop", "Thread.run")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
@@ -31,14 +33,17 @@ def summarise(path, top=15):
                 continue
             n = int(count)
             frames = stack.split(";")
+            if frames[-1].startswith(WAITS):
+                continue            # blocked in a wait that py-spy did not see as idle
             total += n
             self_[frames[-1]] += n
             for frame in set(frames):
                 incl[frame] += n
-    lines = [f"{total} samples of threads running Python code", "", "Self (where the time is spent):", ""]
+    lines = [f"{total} samples of threads running Python code (waits left out)", "",
+             "Self (where the time is spent):", ""]
     lines += [f"- {n / total * 100:5.1f} %  {fr}" for fr, n in self_.most_common(top)]
-    lines += ["", "Inclusive, hoofhearted's own functions:", ""]
-    own = [(fr, n) for fr, n in incl.most_common() if "exporter/" in fr][:top]
+    lines += ["", "Inclusive (thread start-up and event-loop frames left out):", ""]
+    own = [(fr, n) for fr, n in incl.most_common() if not any(x in fr for x in GENERIC)][:top]
     lines += [f"- {n / total * 100:5.1f} %  {fr}" for fr, n in own]
     return "\n".join(lines) + "\n"
 

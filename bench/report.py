@@ -17,7 +17,9 @@ def median(values):
 def _version(line):
     """'x, version 1.5.0 (branch: debian/sid, revision: 1.5.0-1+b6)' -> '1.5.0 (1.5.0-1+b6)'."""
     m = re.search(r"version (\S*) \(.*revision: ([^)]+)\)", line)
-    return f"{m.group(1) or '?'} ({m.group(2)})" if m else line
+    if not m:
+        return line
+    return f"{m.group(1)} ({m.group(2)})" if m.group(1) else m.group(2)   # process-exporter has no version
 
 
 def machine_line(m):
@@ -96,7 +98,8 @@ def criteria(summary):
                 + " / ".join(fmt(v, digits=3) for v in p99.values())))
     r = at(1000, "source_vs_pe")
     out.append((None if r is None else r <= 0.1,
-                f"one process-source refresh at 1,000 <= 0.1 x one process-exporter scrape's CPU: {fmt(r, digits=3)}"
+                "one process-source refresh at 1,000 <= 0.1 x one process-exporter scrape's CPU: "
+                f"{fmt(r, digits=3)}"
                 f" ({fmt(at(1000, 'source_cpu'), 1e3, 1)} ms vs {fmt(at(1000, 'pe_scrape_cpu'), 1e3, 1)} ms; "
                 f"whole collector refresh with rendering: {fmt(at(1000, 'collector_vs_pe'), digits=3)}, "
                 f"{fmt(at(1000, 'collector_cpu'), 1e3, 1)} ms)"))
@@ -132,7 +135,8 @@ def render(data):
             e = s["exporters"][name]
             lines.append(
                 f"| +{n} ({s['processes']:.0f}) | {name} | {fmt(e['p50'], 1e3)} | {fmt(e['p99'], 1e3)} "
-                f"| {e['scrapes']:.0f} | {e['bytes'] / 1e3:.1f} k ({e['wire_bytes'] / 1e3:.1f} k) | {e['series']:.0f} "
+                f"| {e['scrapes']:.0f} | {e['bytes'] / 1e3:.1f} k ({e['wire_bytes'] / 1e3:.1f} k) "
+                f"| {e['series']:.0f} "
                 f"| {fmt(e['cpu_per_scrape'], 1e3, 2)} | {fmt(e['cpu_per_min'], 1, 3)} "
                 f"| {fmt(e['cpu_per_min'], 100 / 60, 2)} "
                 f"| {fmt(e.get('window_p50'), 1e3)} / {fmt(e.get('window_max'), 1e3)} "
@@ -142,7 +146,8 @@ def render(data):
     lines += ["", "Ratios hoofhearted / anchor, each taken inside one run, median over runs:", "",
               "| extra procs | p50 / node | p99 / node | CPU / (node + process-exporter) | own CPU % of a core "
               "| process source pass CPU ms (first) | process collector refresh CPU ms (first) "
-              "| process-exporter scrape CPU ms | source / scrape | collector / scrape | burner appears s (cores) |",
+              "| process-exporter scrape CPU ms | source / scrape | collector / scrape "
+              "| burner appears s (cores) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, s in sorted(summary.items()):
         r = s["ratios"]

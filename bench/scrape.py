@@ -8,7 +8,8 @@ import requests
 from .procs import cpu_seconds
 
 # What Prometheus 2.42 sends; it makes hoofhearted answer in OpenMetrics.
-PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
+                     "application/openmetrics-text;version=0.0.1;q=0.75,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 

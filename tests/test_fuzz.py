@@ -118,7 +118,8 @@ fdinfo_lines = st.lists(st.tuples(st.one_of(st.sampled_from(FDINFO_KEYS), st.tex
 @given(fdinfo_lines)
 def test_fdinfo_parser(text):
     c = fdinfo.parse(text, pid=1)
-    drivers = [v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if k == "drm-driver"]
+    drivers = [v.strip() for k, sep, v in (line.partition(":") for line in text.splitlines())
+               if sep and k == "drm-driver"]
     if c is None:
         assert not drivers or not drivers[-1]     # the last drm-driver line counts
         return
