@@ -100,7 +100,6 @@ def serve(config, ready_event=None, stop_event=None):
     """Build collectors, start refresh threads and the HTTP server; block until stopped."""
     from . import collectors
     from .scheduler import Scheduler
-    from .server import Server
     from .webconfig import load_server_security
 
     # Refresh threads hold the GIL in long stretches; a short switch interval lets a scrape

@@ -285,24 +285,29 @@ def _flatten(data, prefix=()):
             raise ConfigError(f"{dotted}: unknown key")
 
 
-def load_file(path):
-    """Read and validate a YAML config file into {path: value} overrides."""
+def read_yaml(path, what="config file", error=ConfigError):
+    """Parse a YAML file; every failure is one `error` line naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"config file {path}: cannot read: {e.strerror or e}") from None
+        raise error(f"{what} {path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+        raise error(f"{what} {path}: not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path}: bad YAML{where}: {problem}") from None
+        raise error(f"{what} {path}: bad YAML{where}: {problem}") from None
     except (ValueError, RecursionError) as e:   # an impossible date (2001-13-45), absurd nesting
-        raise ConfigError(f"config file {path}: bad YAML: {e}") from None
+        raise error(f"{what} {path}: bad YAML: {e}") from None
+
+
+def load_file(path):
+    """Read and validate a YAML config file into {path: value} overrides."""
+    data = read_yaml(path)
     if data is None:
         return {}
     out = {}

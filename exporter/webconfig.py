@@ -23,9 +23,8 @@ import time
 from collections import OrderedDict
 
 import bcrypt
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 
 log = logging.getLogger("hoofhearted.webconfig")
 
@@ -385,22 +384,7 @@ class WebConfig:
 
 def load_web_config(path):
     """Read and validate a web config file; WebConfigError names the file and the key."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise WebConfigError(f"web config file {path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise WebConfigError(f"web config file {path}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise WebConfigError(f"web config file {path}: bad YAML{where}: "
-                             f"{getattr(e, 'problem', None) or 'invalid YAML'}") from None
-    except (ValueError, RecursionError) as e:
-        raise WebConfigError(f"web config file {path}: bad YAML: {e}") from None
+    data = read_yaml(path, "web config file", WebConfigError)
     if data is None:
         data = {}
     if not isinstance(data, dict):

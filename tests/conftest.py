@@ -30,6 +30,29 @@ def need_tool(name):
     pytest.skip(msg)
 
 
+def need_module(name, attr):
+    """An attribute of a Python module the test extra installs. Missing: skip locally, fail in CI."""
+    import importlib
+    try:
+        return getattr(importlib.import_module(name), attr)
+    except ImportError:
+        msg = f"{name} is not installed (pip install -e '.[test]')"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def stop_group(proc, timeout=5):
+    """SIGTERM a process started with start_new_session, SIGKILL its group if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @pytest.fixture
 def require_tool():
     return need_tool
@@ -88,13 +111,7 @@ class RunningExporter:
         raise AssertionError("exporter not ready:\n" + self.log)
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from conftest import ROOT, RunningExporter  # noqa: E402
+from conftest import ROOT, RunningExporter, stop_group  # noqa: E402
 
 GRAFANA = os.path.join(ROOT, "grafana")
 PROVISIONED = os.path.join(GRAFANA, "dashboards")
@@ -292,13 +291,7 @@ class Prometheus:
         return self.range(expr)
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self.log.close()
 
 

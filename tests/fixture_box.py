@@ -5,7 +5,7 @@ Used by the golden exposition and the README metric table, so both cover every c
 import os
 import shutil
 
-from conftest import FIXTURES, PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
+from conftest import PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
 
 FAKE_NVML = "tests.fakenvml.box"
 

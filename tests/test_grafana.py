@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import IN_CI, ROOT, need_tool
+from conftest import ROOT, need_module, need_tool
 from dashboards import (HOSTS, IMPORT, PROVISIONED, SYNTHETIC, Stack, datasource_refs, golden_names, live_targets,
                         load, load_build, metric_names, queries, recorded_names, scrape_time_names, substitute,
                         walk)
@@ -29,14 +29,7 @@ ALL_QUERIES = [q for dash in DASHBOARDS.values() for q in queries(dash)]
 
 def line_protocol_parser():
     """An Influx line protocol parser that is not ours: the line-protocol-parser package."""
-    try:
-        from line_protocol_parser import parse_line
-    except ImportError:
-        msg = "line-protocol-parser is not installed (pip install -e '.[test]')"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return parse_line
+    return need_module("line_protocol_parser", "parse_line")
 
 
 def compose():

@@ -7,21 +7,14 @@ import time
 
 import pytest
 
-from conftest import IN_CI, ROOT, SYSFS, parse_exposition, sample
+from conftest import ROOT, SYSFS, need_module, parse_exposition, sample
 from dashboards import LiveReceiver
 from exporter.live import line
 
 
 @pytest.fixture
 def parse_line():
-    try:
-        from line_protocol_parser import parse_line
-    except ImportError:
-        msg = "line-protocol-parser is not installed (pip install -e '.[test]')"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return parse_line
+    return need_module("line_protocol_parser", "parse_line")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 import threading
 import time
 
-import pytest
 
 from conftest import parse_exposition, sample
 from exporter.collectors.base import Collector, gauge

@@ -20,6 +20,8 @@ exporter's own user's processes are seen.
 import os
 from dataclasses import dataclass, field
 
+from .host import read_text
+
 UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
 LOCAL_REGIONS = ("vram", "local")
 SKIP_DRIVERS = {"nvidia-drm", "nvidia"}       # NVIDIA's numbers come from NVML
@@ -109,14 +111,6 @@ def parse(text, pid=0):
     return c
 
 
-def _read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 class FdinfoReader:
     """Finds the DRM clients of processes.
 
@@ -175,7 +169,7 @@ class FdinfoReader:
                 continue
             found = []
             for fd in fds:
-                text = _read(os.path.join(self.procfs, str(pid), "fdinfo", fd))
+                text = read_text(os.path.join(self.procfs, str(pid), "fdinfo", fd))
                 if text is None:
                     continue
                 c = parse(text, pid)
