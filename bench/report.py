@@ -63,10 +63,20 @@ def per_run_ratios(run):
     }
 
 
+def disturbed(run):
+    """Whether other work changed the number of processes by more than 10 % during the run."""
+    seen = run.get("processes_seen") or [run["processes"]]
+    return max(seen) - min(seen) > 0.1 * min(seen) + 50
+
+
 def summarise(results):
-    """{extra: {"exporters": {name: {key: median}}, "om": {...}, "ratios": {key: median}}}"""
+    """{extra: {"exporters": {name: {key: median}}, "om": {...}, "ratios": {key: median}}}
+
+    Runs disturbed by other work (see `disturbed`) are left out while undisturbed ones remain.
+    """
     out = {}
-    for extra, runs in results.items():
+    for extra, all_runs in results.items():
+        runs = [r for r in all_runs if not disturbed(r)] or all_runs
         exporters = {}
         for name in (HH, NODE, PE):
             keys = runs[0]["exporters"][name].keys()
@@ -74,6 +84,7 @@ def summarise(results):
         ratios = [per_run_ratios(r) for r in runs]
         out[int(extra)] = {
             "runs": len(runs),
+            "left_out": [sorted(r.get("processes_seen", [])) for r in all_runs if r not in runs],
             "processes": median([r["processes"] for r in runs]),
             "exporters": exporters,
             "om": {k: median([r["hoofhearted_openmetrics"][k] for r in runs]) for k in ("p50", "p99")},
@@ -122,7 +133,8 @@ def render(data):
     a = m["args"]
     lines = [f"Measured {m['date']} on {machine_line(m)}.",
              f"Load average before / after: {' '.join(f'{x:.2f}' for x in m['loadavg_start'])} / "
-             f"{' '.join(f'{x:.2f}' for x in m['loadavg_end'])}. Median of {a['runs']} run(s) per row; "
+             f"{' '.join(f'{x:.2f}' for x in m['loadavg_end'])}. Median of {a['runs']} run(s) per row "
+             f"(less where a disturbed run is left out, see below); "
              f"latency over {a['scrapes']} sequential scrapes (process-exporter stops after "
              f"{a['anchor_seconds']:.0f} s: see 'scrapes'); CPU over {a['cpu_seconds']:.0f} s with every "
              f"exporter scraped every {a['interval']:.0f} s.", "",
@@ -159,6 +171,10 @@ def render(data):
             f"| {fmt(r['pe_scrape_cpu'], 1e3, 1)} | {fmt(r['source_vs_pe'], digits=3)} "
             f"| {fmt(r['collector_vs_pe'], digits=3)} "
             f"| {fmt(r['burner'], digits=2)} ({fmt(r['burner_cores'], digits=2)}) |")
+    for n, s in sorted(summary.items()):
+        for seen in s["left_out"]:
+            lines.append(f"- A run at +{n} is left out: other work changed the process count during it "
+                         f"({seen[0]} to {seen[-1]}).")
     lines += ["", "hoofhearted's own refresh durations (wall, from its /metrics, median):", ""]
     for n, s in sorted(summary.items()):
         d = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in s["durations"].items() if v is not None)

@@ -110,7 +110,7 @@ def cpu_window(exps, seconds, interval):
     These scrapes send Prometheus' own Accept header (hoofhearted then answers OpenMetrics; the
     anchors answer text either way), and each one finds the cache of the last scrape outdated.
     """
-    scrapers = [PeriodicScraper(e.metrics, interval) for e in exps]
+    scrapers = [PeriodicScraper(e.metrics, interval, offset=i * interval / len(exps)) for i, e in enumerate(exps)]
     c0 = {e.name: cpu_seconds(e.pid) for e in exps}
     t0 = time.monotonic()
     for s in scrapers:
@@ -137,12 +137,14 @@ def measure_run(n_extra, args, reaper, workdir, log):
         pe = exps[2]
         time.sleep(3)  # every tier of hoofhearted has refreshed at least once more
         r = {"extra": n_extra, "processes": count_processes(), "exporters": {e.name: {} for e in exps}}
+        seen = r["processes_seen"] = [r["processes"]]   # other work on the machine can change it
         for e in exps:
             budget = args.anchor_seconds if e is not hh else 600
             r["exporters"][e.name].update(latency(e.metrics, e.pid, args.scrapes, budget))
             log(f"  {e.name}: p50 {r['exporters'][e.name]['p50'] * 1e3:.2f} ms "
                 f"p99 {r['exporters'][e.name]['p99'] * 1e3:.2f} ms ({r['exporters'][e.name]['scrapes']} scrapes)")
         r["hoofhearted_openmetrics"] = latency(hh.metrics, hh.pid, args.scrapes, 600, accept=PROMETHEUS_ACCEPT)
+        seen.append(count_processes())
         for e in exps:
             r["exporters"][e.name].update(body_stats(e.metrics))
         single = single_scrape_cpu(pe.metrics, pe.pid, 10, 15 if args.quick else 30)
@@ -152,6 +154,7 @@ def measure_run(n_extra, args, reaper, workdir, log):
         log(f"  process refresh: {r['refresh']}; process-exporter scrape CPU {r['pe_scrape_cpu'] * 1e3:.1f} ms")
         for name, v in cpu_window(exps, args.cpu_seconds, args.interval).items():
             r["exporters"][name].update(v)
+        seen.append(count_processes())
         log("  CPU s/min: " + ", ".join(f"{e.name} {r['exporters'][e.name]['cpu_per_min']:.3f}" for e in exps))
         body = session().get(hh.metrics, timeout=10).content
         r["durations"] = {m.group(1).decode(): float(m.group(2)) for m in DURATION_LINE.finditer(body)}

@@ -89,11 +89,14 @@ def single_scrape_cpu(url, pid, count, max_seconds, settle=0.25):
 
 
 class PeriodicScraper(threading.Thread):
-    """Scrapes one URL every `interval` seconds on a fixed schedule until stopped."""
+    """Scrapes one URL every `interval` seconds on a fixed schedule until stopped.
 
-    def __init__(self, url, interval=2.0, accept=PROMETHEUS_ACCEPT):
+    `offset` delays the first scrape, so several scrapers do not all fire at the same instant
+    (Prometheus spreads its targets over the interval too)."""
+
+    def __init__(self, url, interval=2.0, accept=PROMETHEUS_ACCEPT, offset=0.0):
         super().__init__(daemon=True)
-        self.url, self.interval, self.accept = url, interval, accept
+        self.url, self.interval, self.accept, self.offset = url, interval, accept, offset
         self.stop_event = threading.Event()
         self.times = []
         self.errors = 0
@@ -104,9 +107,11 @@ class PeriodicScraper(threading.Thread):
 
     def run(self):
         s = session(self.accept)
-        start = time.monotonic()
+        start = time.monotonic() + self.offset
         k = 0
         try:
+            if self.stop_event.wait(self.offset):
+                return
             while not self.stop_event.is_set():
                 try:
                     t0 = time.perf_counter()

@@ -8,7 +8,6 @@ collectors rendered last, so the stream says exactly what /metrics says.
 A failed push is counted (hoofhearted_live_pushes_total{result}) and logged when the state
 changes; it never touches /metrics.
 """
-import http.client
 import logging
 import math
 import socket
@@ -211,6 +210,7 @@ class LivePusher(Collector):
 
     def push(self, collectors, now=None):
         """One POST; returns the result counted ("success", "http_error" or "network_error")."""
+        import http.client   # here, not at the top: most exporters never push
         body = self.body(collectors)
         if not body:
             return None
@@ -234,6 +234,7 @@ class LivePusher(Collector):
         return result
 
     def _post(self, body, headers):
+        import http.client
         self.conn_fresh = self.conn is None
         if self.conn is None:
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection

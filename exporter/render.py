@@ -1,10 +1,9 @@
 """Exposition: metric families to bytes, once per refresh.
 
 Text format 0.0.4 is written by hand (about 20x faster than generate_latest for the same
-families); OpenMetrics, asked for rarely, goes through prometheus_client's own writer.
+families); so is OpenMetrics, which Prometheus asks for first.
 """
-from prometheus_client.openmetrics import exposition as om
-from prometheus_client.utils import floatToGoString
+from .families import Family, float_to_go as floatToGoString
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -71,8 +70,6 @@ def text(families):
 
 def merge_families(family_lists):
     """Families of the same name from several collectors, as one family each (for OpenMetrics)."""
-    from prometheus_client.metrics_core import Metric
-
     merged, order = {}, []
     for families in family_lists:
         for fam in families:
@@ -80,7 +77,7 @@ def merge_families(family_lists):
                 continue
             m = merged.get(fam.name)
             if m is None:
-                m = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+                m = merged[fam.name] = Family(fam.name, fam.documentation, fam.type)
                 order.append(fam.name)
             m.samples.extend(fam.samples)
     return [merged[n] for n in order]
@@ -130,5 +127,7 @@ class _Families:
 
 def openmetrics(families):
     """Render families as OpenMetrics 1.0 without the closing '# EOF' line."""
+    from prometheus_client.openmetrics import exposition as om   # only for timestamps and exemplars
+
     body = om.generate_latest(_Families([f for f in families if f.samples]))
     return body[: -len(b"# EOF\n")] if body.endswith(b"# EOF\n") else body

@@ -44,6 +44,7 @@ class Job:
         self.parts = []              # render.text_parts of the last good refresh
         self.families = []
         self._om = (None, [])        # (families, their render.openmetrics_parts), made on demand
+        self.render_openmetrics = False  # set once a scrape asked for OpenMetrics (Prometheus does)
         self.version = 0
         self.runs = 0
         self.success = None          # None: never ran
@@ -66,6 +67,8 @@ class Job:
         try:
             families = self.collector.refresh(start)
             parts = render.text_parts(families)
+            # here rather than in the next scrape, once scrapes ask for it
+            om = render.openmetrics_parts(families) if self.render_openmetrics else None
         except Exception as e:  # a collector must never take the exporter down
             self.running_since = None
             self.duration = self.clock() - start
@@ -78,6 +81,8 @@ class Job:
         if self.success is False:
             log.info("collector recovered collector=%s", self.name)
         self.families, self.parts = families, parts
+        if om is not None:
+            self._om = (families, om)
         self.success, self.error = True, None
         self.last_success = start
         self.last_success_wall = self.wall()
@@ -250,6 +255,8 @@ class Scheduler:
         meta = self.meta_families(now)
         fresh = [job for job, (_, _, stale) in zip(self.jobs, state) if not stale]
         if openmetrics:
+            for job in self.jobs:
+                job.render_openmetrics = True
             parts = [job.openmetrics_parts() for job in fresh] + [render.openmetrics_parts(meta)]
             body = render.join_parts(parts) + b"# EOF\n"
         else:

@@ -5,7 +5,9 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.samples import Exemplar
 
 from exporter import render
-from exporter.collectors.base import counter, gauge
+from exporter.collectors.base import Collector, counter, gauge
+from exporter.config import defaults
+from exporter.scheduler import Scheduler
 
 
 def families():
@@ -54,3 +56,33 @@ def test_exemplars_go_through_prometheus_client():
     fams = [c, g]
     assert render.join_parts([render.openmetrics_parts(fams)]) == render.openmetrics(fams)
     assert b'# {trace_id="abc"} 1.0 1700000000.5' in render.join_parts([render.openmetrics_parts(fams)])
+
+
+class Counting(Collector):
+    name, tier = "counting", "critical"
+
+    def update(self, now):
+        c = counter("hoofhearted_test_ticks", "Refreshes so far.", ["kind"])
+        c.add_metric(["a \"b\""], now)
+        return [c]
+
+
+def test_scheduler_renders_openmetrics_in_the_refresh_once_scrapes_ask_for_it():
+    clock = [100.0]
+    sched = Scheduler([Counting()], defaults(), clock=lambda: clock[0], wall=lambda: 1.7e9 + clock[0])
+    job = sched.jobs[0]
+    sched.run_job(job)
+    assert not job.render_openmetrics
+    first = sched.body(openmetrics=True)
+    assert job.render_openmetrics
+    meta = sched.meta_families(clock[0])
+    assert first == render.openmetrics(render.merge_families([job.families, meta])) + b"# EOF\n"
+    assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 100.0\n' in first
+
+    clock[0] = 101.0
+    sched.run_job(job)                     # the refresh renders OpenMetrics itself now
+    assert job._om[0] is job.families
+    second = sched.body(openmetrics=True)
+    assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 101.0\n' in second
+    meta = sched.meta_families(clock[0])
+    assert second == render.openmetrics(render.merge_families([job.families, meta])) + b"# EOF\n"

@@ -5,17 +5,17 @@ last refresh), so tests can register one in a fresh ``CollectorRegistry`` and re
 with ``get_sample_value``. The scheduler calls ``update(now)`` from its tier thread; scrapes
 never call into a collector.
 """
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from ..families import Family
 
 __all__ = ["Collector", "gauge", "counter"]
 
 
 def gauge(name, documentation, labels=()):
-    return GaugeMetricFamily(name, documentation, labels=list(labels))
+    return Family(name, documentation, "gauge", labels)
 
 
 def counter(name, documentation, labels=()):
-    return CounterMetricFamily(name, documentation, labels=list(labels))
+    return Family(name, documentation, "counter", labels)
 
 
 class Collector:

@@ -6,6 +6,7 @@ NVML is opened once and shared by the three NVIDIA-backed collectors (``nvidia_s
 NVIDIA and AMD GPUs share the device metric names; the scheduler joins the two collectors'
 samples under one family per scrape.
 """
+import ctypes
 import importlib
 import logging
 import threading
@@ -24,7 +25,17 @@ OTHER = "other"
 
 _sources = {}
 _sources_lock = threading.Lock()
-_missing = set()
+_absent = {}            # NVML module name -> why there is no source (logged once, at refresh)
+
+
+def _driver_present():
+    """Whether NVML's library loads; checked first so a box without NVIDIA GPUs never imports
+    pynvml (a few MB of ctypes structures)."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        return True
+    except OSError:
+        return False
 
 
 def nvidia_source(config):
@@ -33,14 +44,15 @@ def nvidia_source(config):
     with _sources_lock:
         src = _sources.get(name)
         if src is None:
+            if name == DEFAULT_NVML and not _driver_present():
+                _absent.setdefault(name, "no NVIDIA driver (libnvidia-ml.so.1 not found)")
+                return None
             try:
                 module = importlib.import_module(name)
             except Exception as e:
                 if name != DEFAULT_NVML:
                     raise cfgmod.ConfigError(f"gpu.nvml_module: cannot import {name!r}: {e}") from None
-                if name not in _missing:
-                    _missing.add(name)
-                    log.info("nvidia-ml-py is not installed, NVIDIA collectors report no devices")
+                _absent.setdefault(name, "nvidia-ml-py is not installed")
                 return None
             src = _sources[name] = nvidia.NvidiaSource(module)
         src.users += 1
@@ -180,15 +192,20 @@ class NvidiaCollector(Collector):
     tier = "critical"
     escalates = True
 
-    def __init__(self, source):
+    def __init__(self, source, absent=None):
         super().__init__()
         self.source = source
+        self.absent = absent       # why there is no NVML, logged once at the first refresh
 
     @classmethod
     def create(cls, config):
-        return cls(nvidia_source(config))
+        source = nvidia_source(config)
+        return cls(source, None if source else _absent.get(config["gpu"]["nvml_module"]))
 
     def update(self, now):
+        if self.absent:
+            log.info("%s, NVIDIA collectors report no devices", self.absent)
+            self.absent = None
         snap = self.snapshot = self.source.read_devices(now) if self.source else nvidia.NvidiaSnapshot()
         return device_families(snap, None)
 

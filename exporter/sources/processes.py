@@ -228,7 +228,7 @@ class Scanner:
         self.users = users or UserNames(rootfs)
         self.table = None
         self.gpu_pids = frozenset()
-        self._raw = {}            # dir name -> (stat bytes, Proc)
+        self._raw = {}            # dir name -> (hash of its stat bytes, Proc)
         self._owners = {}         # cgroup bytes -> owner
         self._lock = threading.Lock()
         self.boot_time = self._boot_time()
@@ -288,8 +288,10 @@ class Scanner:
                     cl(fd)
                 if not data:
                     continue
+                # keep a hash, not the bytes: 8 bytes a process instead of ~330
+                key = hash(data)
                 old = prev.get(name)
-                if old is not None and old[0] == data:
+                if old is not None and old[0] == key:
                     proc = old[1]
                     if proc.ident.settled:       # unchanged: nothing to parse or allocate
                         raw[name] = old
@@ -300,7 +302,7 @@ class Scanner:
                     proc = self._parse(name, data, old[1] if old else None, uptime, dfd)
                 if proc is None:
                     continue
-                raw[name] = (data, proc)
+                raw[name] = (key, proc)
                 procs[proc.pid] = proc
         finally:
             os.close(dfd)
