@@ -41,6 +41,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="1 run, 20 s CPU window, fewer anchor scrapes")
     p.add_argument("--out", default=os.path.join(HERE, "results.md"), help="results file ('-': none)")
     p.add_argument("--json", default=os.path.join(HERE, "out", "results.json"), help="raw results")
+    p.add_argument("--render", action="store_true", help="only rewrite the results file from the --json file")
     p.add_argument("--profile", action="store_true", help="profile hoofhearted with py-spy instead")
     p.add_argument("--profile-procs", type=int, default=1000, help="extra idle processes while profiling")
     p.add_argument("--profile-seconds", type=float, default=60.0)
@@ -215,8 +216,19 @@ def _on_term(signum, frame):
     raise KeyboardInterrupt
 
 
+def render_only(args):
+    with open(args.json) as f:
+        text = report.render(json.load(f))
+    print(text)
+    if args.out != "-":
+        report.write(args.out, text)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        return render_only(args)
     for tool in (ex.NODE_EXPORTER, ex.PROCESS_EXPORTER):
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed (make deps installs it)", file=sys.stderr)
