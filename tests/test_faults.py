@@ -261,6 +261,7 @@ def test_processes_vanishing_mid_read(tmp_path, exporter):
             d = procfs / str(pid)
             try:
                 make_process(procfs, pid, f"brief{pid % 7}", rss=pid)
+                stop.wait(0.01)   # long enough for some passes to see it whole, short enough to vanish mid-read
                 shutil.rmtree(d)
             except OSError:
                 shutil.rmtree(d, ignore_errors=True)
@@ -287,7 +288,7 @@ def test_processes_vanishing_mid_read(tmp_path, exporter):
         stop.set()
         for t in threads:
             t.join()
-    assert made[0] > 300 and seen > 0, (made, seen)   # churn overlapped the collector's passes
+    assert made[0] > 100 and seen > 0, (made, seen)   # churn overlapped the collector's passes
 
 
 def fake_gpu_config(tmp_path, module):
