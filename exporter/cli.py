@@ -3,7 +3,6 @@
 Any bad input ends in one line on stderr and exit status 2, never a traceback.
 """
 import argparse
-import ctypes
 import errno
 import logging
 import os
@@ -97,15 +96,6 @@ def setup_logging(level):
     root.setLevel(getattr(logging, level.upper()))
 
 
-def limit_malloc_arenas(arenas=2):
-    """glibc gives every thread that allocates its own malloc arena, and each keeps freed memory;
-    with a thread per collector that is several MB of RSS for nothing. Two arenas are plenty."""
-    try:
-        ctypes.CDLL(None).mallopt(-8, arenas)   # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def serve(config, ready_event=None, stop_event=None):
     """Build collectors, start refresh threads and the HTTP server; block until stopped."""
     from . import collectors
@@ -115,7 +105,6 @@ def serve(config, ready_event=None, stop_event=None):
     # Refresh threads hold the GIL in long stretches; a short switch interval lets a scrape
     # (a few microseconds of Python) in without waiting out the default 5 ms.
     sys.setswitchinterval(0.001)
-    limit_malloc_arenas()
     security = load_server_security(config)
     host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
     built = collectors.build(config)
