@@ -138,7 +138,7 @@ def criteria(summary):
 
 def render(data):
     m = data["machine"]
-    summary = summarise({int(k): v for k, v in data["results"].items()})
+    summary = summarise({int(k): v for k, v in data["results"].items() if v})
     a = m["args"]
     lines = [f"Measured {m['date']} on {machine_line(m)}.",
              f"Load average before / after: {' '.join(f'{x:.2f}' for x in m['loadavg_start'])} / "

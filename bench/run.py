@@ -174,29 +174,33 @@ def run_bench(args, reaper, workdir):
     info = machine()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     log(report.machine_line(info))
-    results = {}
+    info["args"] = {k: v for k, v in vars(args).items() if k in ("procs", "runs", "scrapes", "anchor_seconds",
+                                                                    "cpu_seconds", "interval", "quick")}
+    data = {"machine": info, "results": {}, "gpu_refresh": None}
     for n in args.procs:
         with IdleProcesses(reaper, n):
             log(f"+{n} idle processes ({count_processes()} in all)")
-            results[n] = []
+            runs = data["results"][str(n)] = []
             for i in range(args.runs):
                 log(f" run {i + 1}/{args.runs}")
-                results[n].append(measure_run(n, args, reaper, workdir, log))
-    info["loadavg_end"] = os.getloadavg()
-    info["args"] = {k: v for k, v in vars(args).items() if k in ("procs", "runs", "scrapes", "anchor_seconds",
-                                                                    "cpu_seconds", "interval", "quick")}
-    gpu = gpu_refresh()
-    data = {"machine": info, "results": {str(k): v for k, v in results.items()}, "gpu_refresh": gpu}
-    if args.json:
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(data, f, indent=1)
+                runs.append(measure_run(n, args, reaper, workdir, log))
+                info["loadavg_end"] = os.getloadavg()
+                save(args, data)        # what is measured survives an interruption
+    data["gpu_refresh"] = gpu_refresh()
+    save(args, data)
     text = report.render(data)
     print(text)
     if args.out != "-":
         report.write(args.out, text)
         log(f"wrote {args.out}")
     return 0
+
+
+def save(args, data):
+    if args.json:
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
 
 
 def gpu_refresh():
