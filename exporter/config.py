@@ -155,6 +155,114 @@ def _url(v):
     return re.match(r"^https?://[^\s/]+", v) is not None
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$")
+
+
+class TargetsField(Field):
+    """A list of BMC targets, each a mapping with known keys. From the environment or a flag
+    the list is YAML (flow style: ``[{name: a, host: 10.0.0.5, ...}]``)."""
+
+    def __init__(self, keys, required):
+        super().__init__("targets", [])
+        self.keys = keys              # key -> (kind, check, expect, default)
+        self.required = required
+
+    def parse(self, key, value, from_text=False):
+        if from_text:
+            try:
+                value = yaml.safe_load(value) if value.strip() else []
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: expected a YAML list of targets") from None
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of targets, got {type(value).__name__}")
+        out = []
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: expected a mapping, got {type(item).__name__}")
+            target = {}
+            for k, v in item.items():
+                spec = self.keys.get(str(k))
+                if spec is None:
+                    hint = " (passwords come only from password_file or password_env)" \
+                        if str(k) == "password" else ""
+                    raise ConfigError(f"{where}.{k}: unknown key{hint}")
+                kind, check, expect, _ = spec
+                ok, v = _coerce(kind, v)
+                if not ok or (check and not check(v)):
+                    shown = "(hidden)" if "password" in str(k) else repr(v)
+                    raise ConfigError(f"{where}.{k}: expected {expect or _WORDS[kind]}, got {shown}")
+                target[str(k)] = v
+            for k in self.required:
+                if k not in target:
+                    raise ConfigError(f"{where}.{k}: required")
+            if "password_file" in target and "password_env" in target:
+                raise ConfigError(f"{where}: password_file and password_env are exclusive")
+            for k, (_, _, _, default) in self.keys.items():
+                target.setdefault(k, default)
+            out.append(target)
+        names = [t["name"] for t in out]
+        for n in names:
+            if names.count(n) > 1:
+                raise ConfigError(f"{key}: target name {n!r} used twice")
+        return out
+
+
+def _target_name(v):
+    return _NAME.match(v) is not None and v != "local"
+
+
+def _host(v):
+    return re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", v) is not None
+
+
+def _port(v):
+    return 0 < v < 65536
+
+
+def _bmc_url(v):
+    return re.match(r"^https?://[^\s/@]+(/|$)", v) is not None
+
+
+def _local(v):
+    return v in (True, False, "auto")
+
+
+class TristateField(Field):
+    def parse(self, key, value, from_text=False):
+        if from_text:
+            low = value.strip().lower()
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(low, low)
+        if not _local(value):
+            raise ConfigError(f"{key}: expected auto, true or false, got {value!r}")
+        return value
+
+
+_SECRET_KEYS = {
+    "username": ("str", None, None, None),
+    "password_file": ("str", None, None, None),
+    "password_env": ("str", lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+                     "an environment variable name", None),
+    "timeout_seconds": ("float", _positive, "a positive number of seconds", None),
+}
+IPMI_TARGET = TargetsField({
+    "name": ("str", _target_name, "a short name: letters, digits, '.', '_', '-' (not 'local')", None),
+    "host": ("str", _host, "a host name or IP address", None),
+    "port": ("int", _port, "a UDP port", 623),
+    **_SECRET_KEYS,
+}, required=("name", "host"))
+REDFISH_TARGET = TargetsField({
+    "name": ("str", _target_name, "a short name: letters, digits, '.', '_', '-' (not 'local')", None),
+    "url": ("str", _bmc_url, "an http(s) URL without credentials, e.g. https://10.0.0.5", None),
+    "verify_tls": ("bool", None, None, True),
+    "ca_file": ("str", None, None, None),
+    "auth": ("str", lambda v: v in ("basic", "session"), "basic or session", "basic"),
+    **_SECRET_KEYS,
+}, required=("name", "url"))
+
+
 # Default tier per collector; unknown collectors in the config are an error.
 COLLECTOR_TIERS = {
     "cpu": "critical",
@@ -169,6 +277,7 @@ COLLECTOR_TIERS = {
     "nvidia_pcie": "background",
     "amdgpu": "critical",
     "gpu_process": "important",
+    "bmc": "background",
     "grafana_live": "critical",
 }
 
@@ -239,6 +348,17 @@ SCHEMA = {
         "token": Field("str", None, nullable=True),
         "token_file": Field("str", None, nullable=True),
         "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds"),
+    },
+    "bmc": {
+        "timeout_seconds": Field("float", 3.0, _positive, "a positive number of seconds"),
+        "ipmi": {
+            "local": TristateField("tristate", "auto"),
+            "device": Field("str", "/dev/ipmi0"),
+            "targets": IPMI_TARGET,
+        },
+        "redfish": {
+            "targets": REDFISH_TARGET,
+        },
     },
 }
 
@@ -364,6 +484,7 @@ SECTION_DOCS = {
     "process": "per-process series: top N by CPU and by memory, everything else in groups",
     "gpu": "per-process GPU series per GPU; processes allowed to keep a GPU busy",
     "grafana_live": "push the critical tier to Grafana Live (off unless url is set)",
+    "bmc": "server BMCs over IPMI and Redfish; passwords only from password_file or password_env",
 }
 
 

@@ -19,6 +19,7 @@ REGISTRY = {
     "nvidia_pcie": "exporter.collectors.gpu:NvidiaPcieCollector",
     "amdgpu": "exporter.collectors.gpu:AMDGPUCollector",
     "gpu_process": "exporter.collectors.gpu:GPUProcessCollector",
+    "bmc": "exporter.collectors.bmc:BMCCollector",
     "grafana_live": "exporter.live:LivePusher",
 }
 
