@@ -251,6 +251,8 @@ IPMI_TARGET = TargetsField({
     "name": ("str", _target_name, "a short name: letters, digits, '.', '_', '-' (not 'local')", None),
     "host": ("str", _host, "a host name or IP address", None),
     "port": ("int", _port, "a UDP port", 623),
+    "privilege": ("str", lambda v: v in ("user", "operator", "admin"), "user, operator or admin", "user"),
+    "workaround_flags": ("list_str", None, None, []),
     **_SECRET_KEYS,
 }, required=("name", "host"))
 REDFISH_TARGET = TargetsField({

@@ -72,15 +72,18 @@ class BMCCollector(Collector):
         if local is not False:
             problem = bmc_ipmi.local_problem(device)
             if problem is None or local is True:
-                targets.append(Target(LOCAL, "ipmi", "bmc", bmc_ipmi.IPMIReader(device=device), timeout))
+                targets.append(Target(LOCAL, "ipmi", "bmc", bmc_ipmi.IPMIReader(device=device, timeout=timeout),
+                                      timeout))
             if problem is not None:
                 # said once, at start; with local: true the target also stays down
                 (log.warning if local is True else log.info)("no local BMC: %s", problem)
         for i, t in enumerate(bmc["ipmi"]["targets"]):
             secret = _password(t, f"bmc.ipmi.targets[{i}]")
-            reader = bmc_ipmi.IPMIReader(host=t["host"], port=t["port"], username=t["username"], password=secret)
-            targets.append(Target(t["name"], "ipmi", "bmc-" + t["name"], reader,
-                                  min(t["timeout_seconds"] or timeout, timeout), secret))
+            tmo = min(t["timeout_seconds"] or timeout, timeout)
+            reader = bmc_ipmi.IPMIReader(host=t["host"], port=t["port"], username=t["username"], password=secret,
+                                         timeout=tmo, privilege=t["privilege"],
+                                         workaround_flags=t["workaround_flags"])
+            targets.append(Target(t["name"], "ipmi", "bmc-" + t["name"], reader, tmo, secret))
         for i, t in enumerate(bmc["redfish"]["targets"]):
             from ..sources import bmc_redfish
             secret = _password(t, f"bmc.redfish.targets[{i}]")
@@ -106,7 +109,7 @@ class BMCCollector(Collector):
             t.start()
         # all reads run at once; wait for each up to its own deadline
         for t in self.targets:
-            left = t.timeout - (time.monotonic() - started)
+            left = t.timeout + 0.2 - (time.monotonic() - started)   # the reader's own timeout fires first
             if t.thread is not None and left > 0:
                 t.thread.join(left)
         up = gauge("hoofhearted_bmc_up", "Whether the BMC answered the last read in time.", ["bmc"])
@@ -161,13 +164,14 @@ class BMCCollector(Collector):
 
     def _log_state(self, t, err):
         text = None if err is None else f"{err.reason}: {scrub(err, t.secret)}"
-        if text == t.last_error:
+        # a new line only when the kind of failure changes, not for every refresh of a dead BMC
+        if (err.reason if err else None) == t.last_error:
             return
         if err is None:
             log.info("BMC answers again bmc=%s", t.name)
         else:
             log.warning("BMC read failed bmc=%s protocol=%s err=%r", t.name, t.protocol, text)
-        t.last_error = text
+        t.last_error = err.reason if err else None
 
     def close(self):
         for t in self.targets:
