@@ -95,6 +95,8 @@ def box_config(tmp):
     cfg["gpu"]["nvml_module"] = FAKE_NVML
     # nothing listens on the discard port: pushes fail fast and are counted
     cfg["grafana_live"].update(url="http://127.0.0.1:9", token="box")
+    # a server whose BMC device is missing: the local BMC reports down
+    cfg["bmc"]["ipmi"].update(local=True, device=os.path.join(tmp, "dev-ipmi0"))
     return cfg
 
 

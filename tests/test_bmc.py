@@ -275,7 +275,9 @@ def test_local_auto_without_device_says_why_once(tmp_path, start_exporter):
     assert lines == [f'{lines[0].split(" level=")[0]} level=info logger=hoofhearted.bmc msg="no local BMC: '
                      f'{missing} does not exist (no BMC, or the ipmi_si and ipmi_devintf kernel modules are not '
                      f'loaded, or the device is not passed into the container)"'], exp.log
-    assert "hoofhearted_bmc_up" not in exp.scrape()       # nothing to read: no collector
+    body = exp.scrape()
+    assert "hoofhearted_bmc_up" not in body               # nothing to read, nothing to report down
+    assert 'hoofhearted_collector_success{collector="bmc"} 1' in body
 
 
 def test_local_true_without_device_reports_the_local_bmc_down(tmp_path, start_exporter):

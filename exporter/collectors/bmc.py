@@ -58,15 +58,17 @@ class BMCCollector(Collector):
     name = "bmc"
     tier = "background"
 
-    def __init__(self, targets):
+    def __init__(self, targets, note=None):
         super().__init__()
         self.targets = targets
+        self.note = note            # (log level, text): why there is no local BMC, said on the first refresh
 
     @classmethod
     def create(cls, config):
         bmc = config["bmc"]
         timeout = min(bmc["timeout_seconds"], config["refresh"]["timeout_seconds"] * 0.8)
         targets = []
+        note = None
         local = bmc["ipmi"]["local"]
         device = bmc["ipmi"]["device"]
         if local is not False:
@@ -75,8 +77,8 @@ class BMCCollector(Collector):
                 targets.append(Target(LOCAL, "ipmi", "bmc", bmc_ipmi.IPMIReader(device=device, timeout=timeout),
                                       timeout))
             if problem is not None:
-                # said once, at start; with local: true the target also stays down
-                (log.warning if local is True else log.info)("no local BMC: %s", problem)
+                # with local: true the target also stays down
+                note = (logging.WARNING if local is True else logging.INFO, f"no local BMC: {problem}")
         for i, t in enumerate(bmc["ipmi"]["targets"]):
             secret = _password(t, f"bmc.ipmi.targets[{i}]")
             tmo = min(t["timeout_seconds"] or timeout, timeout)
@@ -94,16 +96,21 @@ class BMCCollector(Collector):
             reader = bmc_redfish.RedfishReader(t["url"], username=t["username"], password=secret,
                                                verify_tls=t["verify_tls"], ca_file=t["ca_file"],
                                                auth=t["auth"], timeout=tmo)
+            if not t["verify_tls"]:
+                log.warning("TLS certificate of the BMC is not verified bmc=%s", t["name"])
             targets.append(Target(t["name"], "redfish", "bmc-" + t["name"], reader, tmo, secret))
         names = [t.name for t in targets]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise cfgmod.ConfigError(f"bmc: target name {sorted(dup)[0]!r} is used by an IPMI and a Redfish target")
-        if not targets:
-            return None
-        return cls(targets)
+        if not targets and note is None:
+            return None             # BMCs switched off entirely
+        return cls(targets, note)
 
     def update(self, now):
+        if self.note is not None:
+            log.log(*self.note)
+            self.note = None
         started = time.monotonic()
         for t in self.targets:
             t.start()

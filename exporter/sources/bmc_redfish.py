@@ -33,6 +33,10 @@ class RedfishReader:
         self.http = requests.Session()
         self.http.trust_env = False          # a BMC on the management LAN: no proxies from the env
         self.http.verify = ca_file if (ca_file and verify_tls) else bool(verify_tls)
+        if not verify_tls:
+            # the operator chose this (said once at start); urllib3 would warn on every request
+            import urllib3
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.http.headers["Accept"] = "application/json"
         if auth == "basic" and username is not None:
             self.http.auth = (username, password or "")
