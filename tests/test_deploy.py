@@ -116,7 +116,9 @@ def test_daemonset_sees_the_host_read_only():
     assert set(sc["capabilities"]["add"]) <= {"SYS_PTRACE", "DAC_READ_SEARCH"}
     assert sc.get("privileged", False) is False
     volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    # a small scratch directory in memory for FreeIPMI's SDR cache is the only writable path
+    assert volumes.pop("tmp") == {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}}
+    mounts = {m["name"]: m for m in c["volumeMounts"] if m["name"] != "tmp"}
     assert {volumes[n]["hostPath"]["path"] for n in mounts} == {"/proc", "/sys", "/"}
     assert all(m["readOnly"] is True for m in mounts.values())
     paths = {volumes[n]["hostPath"]["path"]: m["mountPath"] for n, m in mounts.items()}
