@@ -10,6 +10,8 @@ import re
 
 import yaml
 
+from .collectors import DEFAULT_TIERS
+
 TIERS = ("critical", "important", "standard", "background")
 
 
@@ -265,23 +267,8 @@ REDFISH_TARGET = TargetsField({
 }, required=("name", "url"))
 
 
-# Default tier per collector; unknown collectors in the config are an error.
-COLLECTOR_TIERS = {
-    "cpu": "critical",
-    "memory": "important",
-    "disk": "standard",
-    "filesystem": "background",
-    "network": "standard",
-    "sensors": "critical",
-    "rapl": "standard",
-    "process": "important",
-    "nvidia": "critical",
-    "nvidia_pcie": "background",
-    "amdgpu": "critical",
-    "gpu_process": "important",
-    "bmc": "background",
-    "grafana_live": "critical",
-}
+# Default tier per collector (declared with the collector); unknown collectors in the config are an error.
+COLLECTOR_TIERS = DEFAULT_TIERS
 
 SCHEMA = {
     "web": {
