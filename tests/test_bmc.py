@@ -334,3 +334,44 @@ def test_unreadable_password_file_stops_the_exporter_naming_the_key(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == ("hoofhearted: error: bmc.ipmi.targets[0].password_env: "
                                 "environment variable NOT_SET_PW is not set")
+
+
+def test_verdict_and_why_name_the_bmc_fan(tmp_path, ipmi_sim, start_exporter):
+    """The verdict reads fans and temperatures by family name: a BMC fan leads like any other."""
+    need_module("sushy_tools", "__name__")
+    newer = SushyStatic(tmp_path / "rf", subsystem_tree(fan1_percent=75))
+    pw = tmp_path / "ipmi.pw"
+    pw.write_text(PASSWORD)
+    sysfs = tmp_path / "sys"            # no hwmon: every fan and temperature is the BMCs'
+    sysfs.mkdir()
+    conf = tmp_path / "bmc.yml"
+    conf.write_text(yaml.safe_dump({
+        "tiers": {"background": 1.0},
+        "paths": {"sysfs": str(sysfs)},
+        "bmc": {"ipmi": {"local": False, "targets": [
+            {"name": "lab", "host": "127.0.0.1", "port": ipmi_sim.port, "username": USER,
+             "password_file": str(pw), "workaround_flags": SIM_WORKAROUNDS}]},
+                "redfish": {"targets": [{"name": "new", "url": newer.url}]}},
+    }))
+    try:
+        exp = start_exporter(f"--config.file={conf}")
+        deadline = time.monotonic() + 20
+        while (v := exp.get("/api/verdict").json())["measuring"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert v["fans"][:2] == [
+            {"name": "bmc-new System Fan 1", "chip": "bmc-new", "fan": "System Fan 1", "label": "SystemBoard",
+             "rpm": 8800.0, "ratio": 0.75},
+            {"name": "bmc-lab Fan6 Duty", "chip": "bmc-lab", "fan": "Fan6 Duty", "label": "", "rpm": None,
+             "ratio": 0.62}]
+        assert {f["name"] for f in v["fans"]} == {"bmc-new System Fan 1", "bmc-lab Fan6 Duty", "bmc-new System Fan 2",
+                                                  "bmc-lab Fan3A", "bmc-lab Fan3B"}
+        hottest = v["temperatures"][0]
+        assert (hottest["name"], hottest["celsius"], hottest["max_celsius"], hottest["critical_celsius"]) == \
+            ("bmc-lab CPU2 Temp", 83.0, 85.0, 95.0)
+        assert v["sentence"].startswith("Fans at 75% (bmc-new System Fan 1, 8800 rpm)"), v["sentence"]
+        why = subprocess.run([sys.executable, "-m", "exporter", "why", f"--url={exp.url}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert why.returncode == 0, why.stderr
+        assert "Fans at 75% (bmc-new System Fan 1, 8800 rpm)" in why.stdout, why.stdout
+    finally:
+        newer.stop()
