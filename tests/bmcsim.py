@@ -263,3 +263,65 @@ def subsystem_tree(fan1_percent=62, psu_watts=412):
         psus + "/PSU2/Metrics": {"InputPowerWatts": {"Reading": 0}},
         CH + "/EnvironmentMetrics": {"PowerWatts": {"Reading": 398}},
     }
+
+
+class SessionFront:
+    """Redfish session login (SessionService) in front of a sushy emulator, which has none: POST
+    .../Sessions with the right credentials gives an X-Auth-Token; GETs carrying it are passed to
+    the emulator, others get 401; DELETE of the session's URI ends it."""
+
+    def __init__(self, backend_url, password=PASSWORD):
+        import http.server
+        import secrets
+        import threading
+        import urllib.request
+
+        front = self
+        self.tokens = {}           # token -> session path
+        self.logins = self.deletes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body=b"", headers=()):
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                doc = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.path != "/redfish/v1/SessionService/Sessions" or \
+                        (doc.get("UserName"), doc.get("Password")) != (USER, password):
+                    return self._send(401)
+                front.logins += 1
+                token = secrets.token_hex(16)
+                where = f"/redfish/v1/SessionService/Sessions/{front.logins}"
+                front.tokens[token] = where
+                self._send(201, b"{}", [("X-Auth-Token", token), ("Location", where)])
+
+            def do_DELETE(self):
+                token = self.headers.get("X-Auth-Token")
+                if front.tokens.get(token) != self.path:
+                    return self._send(401)
+                del front.tokens[token]
+                front.deletes += 1
+                self._send(204)
+
+            def do_GET(self):
+                if self.headers.get("X-Auth-Token") not in front.tokens or self.headers.get("Authorization"):
+                    return self._send(401)
+                with urllib.request.urlopen(backend_url + self.path, timeout=5) as r:
+                    self._send(200, r.read(), [("Content-Type", "application/json")])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

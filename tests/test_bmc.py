@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from bmcsim import (CH, PASSWORD, USER, DeadBMC, IPMISim, SushyEmulator, SushyStatic, NO_SCANNING,
+from bmcsim import (CH, PASSWORD, USER, DeadBMC, IPMISim, SessionFront, SushyEmulator, SushyStatic, NO_SCANNING,
                     subsystem_tree)
 from certs import CA
 from conftest import ROOT, need_module, need_tool, parse_exposition, sample
@@ -197,6 +197,8 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
         ]}, "redfish": {"targets": [
             {"name": "rf", "url": redfish.url, "username": USER, "password_env": "RF_PASSWORD",
              "ca_file": tls[0].cert},
+            {"name": "rfbad", "url": redfish.url, "username": USER, "password_env": "BADPW",
+             "ca_file": tls[0].cert},
         ]}},
     }))
     exp = start_exporter(f"--config.file={conf}", env={"RF_PASSWORD": PASSWORD, "BADPW": "Wr0ng-pass-77"})
@@ -206,6 +208,7 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
         assert sample(m, "hoofhearted_bmc_up", bmc="rf") == 1
         assert sample(m, "hoofhearted_bmc_up", bmc="gone") == 0
         assert sample(m, "hoofhearted_bmc_up", bmc="badpw") == 0
+        assert sample(m, "hoofhearted_bmc_up", bmc="rfbad") == 0
         assert sample(m, "hoofhearted_bmc_info", bmc="lab", protocol="ipmi", chip="bmc-lab") == 1
         assert sample(m, "hoofhearted_bmc_info", bmc="rf", protocol="redfish", chip="bmc-rf") == 1
         assert sample(m, "hoofhearted_collector_success", collector="bmc") == 1
@@ -229,7 +232,7 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
                       and not k[0].startswith("hoofhearted_bmc_")}
         # lab: 2 temperatures + 1 max + 1 critical, 3 fans, 1 power; rf: 2 + 2 + 2, 2 fans + 2 max
         assert len(bmc_series) == 8 + 10, sorted(bmc_series)   # nothing else, no zeros
-        assert not any(dict(k[1]).get("chip") in ("bmc-gone", "bmc-badpw") for k in m
+        assert not any(dict(k[1]).get("chip") in ("bmc-gone", "bmc-badpw", "bmc-rfbad") for k in m
                        if not k[0].startswith("hoofhearted_bmc_"))
 
         # the dead BMC costs the scrape nothing: p99 under 3 ms, in the best of three rounds since
@@ -259,6 +262,8 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
     log = exp.log
     assert "bmc=gone protocol=ipmi err='timeout: " in log
     assert "bmc=badpw protocol=ipmi err='auth: password invalid'" in log
+    assert ("bmc=rfbad protocol=redfish err='auth: GET /redfish/v1/Chassis: HTTP 401 (wrong username or "
+            "password?)'") in log
     assert log.count("bmc=gone") == 1, log      # said once, not every refresh
     for secret in (PASSWORD, "Wr0ng-pass-77"):
         assert secret not in log
@@ -375,3 +380,39 @@ def test_verdict_and_why_name_the_bmc_fan(tmp_path, ipmi_sim, start_exporter):
         assert "Fans at 75% (bmc-new System Fan 1, 8800 rpm)" in why.stdout, why.stdout
     finally:
         newer.stop()
+
+
+def test_redfish_session_login_relogin_and_logout(tmp_path):
+    need_module("sushy_tools", "__name__")
+    bmc = SushyStatic(tmp_path, subsystem_tree())
+    front = SessionFront(bmc.url)
+    try:
+        reader = redfish_reader(front.url, auth="session")
+        first = reader.read()
+        assert [f.fan for f in first.fans] == ["System Fan 1", "System Fan 2"] and front.logins == 1
+        front.tokens.clear()                     # the BMC forgets the session (reboot, idle timeout)
+        assert reader.read() == first and front.logins == 2
+        reader.close()
+        assert front.deletes == 1 and front.tokens == {}
+        with pytest.raises(BMCError) as err:
+            redfish_reader(front.url, auth="session", password="Wr0ng-pass-77").read()
+        assert (err.value.reason, str(err.value)) == (
+            "auth", "POST /redfish/v1/SessionService/Sessions: HTTP 401 (wrong username or password?)")
+    finally:
+        front.stop()
+        bmc.stop()
+
+
+def test_local_bmc_read_through_a_device_that_is_no_bmc(tmp_path, start_exporter):
+    """In-band goes through ipmi-sensors' OpenIPMI driver; a device node that is not a BMC is a
+    clear failure of the local BMC only."""
+    need_tool("ipmi-sensors")
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({"tiers": {"background": 0.5},
+                                    "bmc": {"ipmi": {"local": True, "device": "/dev/null"}}}))
+    exp = start_exporter(f"--config.file={conf}")
+    m = parse_exposition(exp.scrape())
+    assert sample(m, "hoofhearted_bmc_up", bmc="local") == 0
+    assert sample(m, "hoofhearted_collector_success", collector="bmc") == 1
+    line = next(l for l in exp.log.splitlines() if "bmc=local" in l)
+    assert "level=warning" in line and "err='protocol: " in line, line
