@@ -200,19 +200,24 @@ def bmc_simulator(args, workdir, log):
         log("no ipmi_sim or ipmi-sensors: the BMC collector has nothing to read (make deps)")
         return None
     sys.path.insert(0, os.path.join(ex.ROOT, "tests"))
-    from bmcsim import PASSWORD, USER, IPMISim
-    sim = IPMISim(os.path.join(workdir, "ipmi_sim"))
+    from bmcsim import PASSWORD, USER, DeadBMC, IPMISim
+    sim, dead = IPMISim(os.path.join(workdir, "ipmi_sim")), DeadBMC()
     pw = os.path.join(workdir, "bmc.pw")
     with open(pw, "w") as f:
         f.write(PASSWORD)
     conf = os.path.join(workdir, "bmc.yml")
+    target = {"host": "127.0.0.1", "username": USER, "password_file": pw, "workaround_flags": ["opensesspriv"]}
     with open(conf, "w") as f:
-        json.dump({"bmc": {"ipmi": {"targets": [{
-            "name": "sim", "host": "127.0.0.1", "port": sim.port, "username": USER, "password_file": pw,
-            "workaround_flags": ["opensesspriv"]}]}}}, f)
+        json.dump({"bmc": {"ipmi": {"targets": [dict(target, name="sim", port=sim.port),
+                                                dict(target, name="gone", port=dead.port)]}}}, f)
     args.hh_args = (f"--config.file={conf}",)
-    log(f"BMC collector reads ipmi_sim on 127.0.0.1:{sim.port}")
-    return sim
+    log(f"BMC collector reads ipmi_sim on 127.0.0.1:{sim.port} and a BMC that never answers on port {dead.port}")
+
+    class Both:
+        def stop(self):
+            sim.stop()
+            dead.stop()
+    return Both()
 
 
 def _runs(args, reaper, workdir, log, data, info):

@@ -166,17 +166,20 @@ def p99(seconds):
     return s[int(len(s) * 0.99) - 1]
 
 
-def scrape_times(port, n):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    out = []
+def scrape_pairs(a, b, n):
+    """n scrapes of each exporter, taking turns, over kept-alive connections: seconds each."""
+    conns = [http.client.HTTPConnection(*e.address.rsplit(":", 1), timeout=5) for e in (a, b)]
+    out = ([], [])
     for _ in range(n):
-        t = time.perf_counter()
-        conn.request("GET", "/metrics")
-        r = conn.getresponse()
-        r.read()
-        out.append(time.perf_counter() - t)
-        assert r.status == 200
-    conn.close()
+        for conn, times in zip(conns, out):
+            t = time.perf_counter()
+            conn.request("GET", "/metrics")
+            r = conn.getresponse()
+            r.read()
+            times.append(time.perf_counter() - t)
+            assert r.status == 200
+    for conn in conns:
+        conn.close()
     return out
 
 
@@ -235,15 +238,16 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
         assert not any(dict(k[1]).get("chip") in ("bmc-gone", "bmc-badpw", "bmc-rfbad") for k in m
                        if not k[0].startswith("hoofhearted_bmc_"))
 
-        # the dead BMC costs the scrape nothing: p99 under 3 ms, in the best of three rounds since
-        # other work on a shared 2-core machine can stall any single round
-        port = int(exp.address.rsplit(":", 1)[1])
-        rounds = []
-        for _ in range(3):
-            rounds.append(p99(scrape_times(port, 400)))
-            if rounds[-1] < 0.003:
-                break
-        assert min(rounds) < 0.003, f"p99 per round {[round(r * 1000, 2) for r in rounds]} ms"
+        # the dead BMC costs the scrape nothing. No scrape waits for it: while its read hangs for
+        # the whole second of its timeout, every scrape is far shorter. And scrape p99 is under 3 ms
+        # whenever the machine is quiet enough for an exporter without BMCs, scraped in turn, to
+        # manage that too (other work on a shared 2-core machine slows every process alike).
+        plain = start_exporter("--no-collector.bmc")
+        ours, theirs = scrape_pairs(exp, plain, 400)
+        plain.stop()
+        assert max(ours) < 0.5, f"slowest scrape {max(ours) * 1000:.1f} ms"
+        if p99(theirs) < 0.003:
+            assert p99(ours) < 0.003, f"p99 {p99(ours) * 1000:.2f} ms, without BMCs {p99(theirs) * 1000:.2f} ms"
 
         # a fan the simulator changes shows within two background intervals
         ipmi_sim.set_raw(1, 110)

@@ -117,10 +117,10 @@ class IPMIReader:
         return BMCError("protocol", first)
 
     def close(self):
-        with self._lock:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
+        # no lock: shutdown must not wait for a read that hangs until its timeout
+        d, self._dir = self._dir, None
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def parse(text):

@@ -92,14 +92,19 @@ class RedfishReader:
         self._session_uri = r.headers.get("Location")
 
     def close(self):
-        with self._lock:
-            if self._session_uri:
-                try:
-                    self._request("DELETE", self._session_uri)
-                except BMCError:
-                    pass
-                self._session_uri = None
-            self.http.close()
+        # the session is ended only when no read is in flight: shutdown must not wait for a
+        # BMC that hangs until its timeout
+        if self._lock.acquire(timeout=0.1):
+            try:
+                if self._session_uri:
+                    try:
+                        self._request("DELETE", self._session_uri)
+                    except BMCError:
+                        pass
+                    self._session_uri = None
+            finally:
+                self._lock.release()
+        self.http.close()
 
     # -- reading ---------------------------------------------------------------------------
 
