@@ -56,7 +56,6 @@ class Target:
 
 class BMCCollector(Collector):
     name = "bmc"
-    tier = "background"
 
     def __init__(self, targets, note=None):
         super().__init__()
