@@ -12,7 +12,7 @@ import requests
 
 from conftest import need_tool, stop_group
 
-USER, PASSWORD = "admin", "Hoof-s3cret-9f2c"
+USER, PASSWORD = "admin", "Hoof\\s3cret=9f2c"    # a backslash: FreeIPMI config files cannot hold one
 
 
 def free_port(kind=socket.SOCK_DGRAM):

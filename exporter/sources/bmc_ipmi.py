@@ -3,9 +3,10 @@ one over RMCP+ (lanplus), as prometheus-community/ipmi_exporter does.
 
 One short-lived process per read: a BMC that hangs costs one process that is killed at the
 timeout, and can never stall the reads of other BMCs (docs/design.md has the measurements that
-chose this over pyghmi). The password travels in a FreeIPMI config file readable only by the
-exporter, never on a command line. The SDR (sensor names, units, conversion factors) is cached
-in a private directory, so a read is one session and one Get Sensor Reading per sensor.
+chose this over pyghmi). The password goes to ipmi-sensors on its standard input (its password
+prompt, in a session without a terminal), never on a command line or on disk, whatever
+characters it holds. The SDR (sensor names, units, conversion factors) is cached in a private
+directory, so a read is one session and one Get Sensor Reading per sensor.
 Sensors the BMC does not read (scanning disabled, reading unavailable, no sensor behind the
 record) give no value.
 """
@@ -54,16 +55,10 @@ class IPMIReader:
         return f"IPMIReader({where})"
 
     def _private_dir(self):
-        """A 0700 directory holding the SDR cache and, for a remote BMC, the credentials file."""
+        """A 0700 directory for the SDR cache (and FreeIPMI's home)."""
         if self._dir is None:
             d = tempfile.mkdtemp(prefix="hoofhearted-ipmi-")
             os.makedirs(os.path.join(d, "sdr"), mode=0o700)
-            if self.host is not None:
-                fd = os.open(os.path.join(d, "freeipmi.conf"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(f"username {self.username or ''}\n")
-                    if self._password:
-                        f.write(f"password {self._password}\n")
             self._dir = d
         return self._dir
 
@@ -80,8 +75,12 @@ class IPMIReader:
         else:
             ms = max(200, int(self.timeout * 1000) - 100)
             args += ["--hostname", f"{self.host}:{self.port}", "--driver-type", "LAN_2_0",
-                     "--config-file", os.path.join(d, "freeipmi.conf"), "--privilege-level", self.privilege,
+                     "--privilege-level", self.privilege,
                      "--session-timeout", str(ms), "--retransmission-timeout", str(max(100, ms // 4))]
+            if self.username:
+                args += ["--username", self.username]
+            if self._password is not None:
+                args.append("--password-prompt")   # read from standard input: no controlling terminal
         for w in self.workaround_flags:
             args += ["--workaround-flags", w]
         return args
@@ -96,7 +95,8 @@ class IPMIReader:
             env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self._dir, "LC_ALL": "C"}
             try:
                 done = subprocess.run(args, capture_output=True, text=True, timeout=self.timeout, env=env,
-                                      stdin=subprocess.DEVNULL, errors="replace")
+                                      input=self._password + "\n" if self._password is not None else "",
+                                      errors="replace", start_new_session=True)
             except subprocess.TimeoutExpired:
                 raise BMCError("timeout", f"no answer within {self.timeout:g}s") from None
             except OSError as e:
@@ -106,7 +106,8 @@ class IPMIReader:
             return parse(done.stdout)
 
     def _error(self, text):
-        lines = [l.strip() for l in scrub(text, self._password).splitlines() if l.strip()]
+        text = scrub(text, self._password).replace("Password:", "")    # the prompt, on stderr
+        lines = [l.strip() for l in text.splitlines() if l.strip()]
         first = lines[0] if lines else "no output"
         first = re.sub(r"^\S*ipmi-sensors: ", "", first)[:200]
         low = first.lower()
