@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 # node_exporter and process-exporter as reference points; FreeIPMI reads BMCs, OpenIPMI's ipmi_sim
 # simulates one.
 deps:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for:$$missing"; \
 		$(SUDO) apt-get update -q && \
