@@ -28,7 +28,7 @@ ALERTS = {
     "GPUTemperatureHigh", "GPUTemperatureCritical", "GPUThermalThrottling", "GPULost", "CPUTemperatureHigh",
     "CPUTemperatureCritical", "FanSpeedHigh", "FanStalledWhileHot", "FanLoudWhileCool", "CPUUsageHigh",
     "CPUUsageCritical", "MemoryUsageHigh", "LoadAverageHigh", "ProcessHoggingCPU", "GPUBusyUnknownProcess",
-    "SuspectedCryptominer", "ExporterCollectorFailing", "ExporterDown", "ExporterStale",
+    "SuspectedCryptominer", "ExporterCollectorFailing", "ExporterDown", "ExporterStale", "BMCDown",
 }
 
 
