@@ -420,3 +420,17 @@ def test_local_bmc_read_through_a_device_that_is_no_bmc(tmp_path, start_exporter
     assert sample(m, "hoofhearted_collector_success", collector="bmc") == 1
     line = next(l for l in exp.log.splitlines() if "bmc=local" in l)
     assert "level=warning" in line and "err='protocol: " in line, line
+
+
+def test_readme_bmc_example_is_a_valid_config(tmp_path):
+    import re
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        section = f.read().split("## Servers: fans on the BMC", 1)[1].split("\n## ", 1)[0]
+    conf = tmp_path / "bmc.yml"
+    conf.write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    r = run_cli("check-config", str(conf))
+    assert (r.returncode, r.stdout.strip()) == (0, f"{conf}: OK"), r.stderr
+    from exporter import config
+    cfg = config.build(file=str(conf), environ={})
+    assert [t["name"] for t in cfg["bmc"]["ipmi"]["targets"]] == ["r740-12"]
+    assert cfg["bmc"]["redfish"]["targets"][0]["verify_tls"] is True
