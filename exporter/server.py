@@ -9,6 +9,8 @@ One event-loop thread serves every connection, so a slow or idle client holds no
 - at most web.max_connections connections are open; a new one pushes out the connection that
   has waited longest without completing a request;
 - TLS handshakes run in the loop without blocking it, each bounded by the read timeout.
+- /api/live streams the verdict to at most web.live_max_clients pages (more get 503); a page that
+  does not take what is written to it is dropped at once, so it never holds up anyone else.
 Only GET and HEAD; nothing is served from disk. Every response is one write with Nagle off.
 """
 import asyncio
@@ -19,7 +21,7 @@ import socket
 import struct
 import threading
 
-from . import __version__, render
+from . import __version__, render, web
 
 log = logging.getLogger("hoofhearted.server")
 
@@ -235,6 +237,8 @@ class Connection(asyncio.Protocol):
             self.job = None
         self.buf = bytearray()
         self.srv.forget(self)
+        if self.srv.live is not None:
+            self.srv.live.discard(self)
 
     def _abort(self):
         if self.transport is not None:
@@ -288,6 +292,10 @@ class Connection(asyncio.Protocol):
     # -- flow control ------------------------------------------------------------------------
 
     def pause_writing(self):
+        if self.state == "live":     # a page not taking its updates is dropped, never waited for
+            self.srv.live.dropped += 1
+            self._abort()
+            return
         self.write_paused = True
         self._count()
         self._arm(self.srv.read_timeout, self._write_timeout)
@@ -326,7 +334,7 @@ class Connection(asyncio.Protocol):
     # -- requests ----------------------------------------------------------------------------
 
     def data_received(self, data):
-        if self.state in ("closed", "closing"):
+        if self.state in ("closed", "closing", "live"):
             return
         self.buf += data
         if self.state in ("idle", "head") and not self.write_paused:
@@ -427,8 +435,16 @@ class Connection(asyncio.Protocol):
                 else b"Vary: Accept, Accept-Encoding\r\n"
             self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
         elif path == "/":
-            page = LANDING.format(version=html.escape(__version__)).encode()
-            self._respond(200, page, "text/html; charset=utf-8", head=head)
+            if srv.live is not None:
+                self._respond(200, web.INDEX, "text/html; charset=utf-8", head=head)
+            else:
+                page = LANDING.format(version=html.escape(__version__)).encode()
+                self._respond(200, page, "text/html; charset=utf-8", head=head)
+        elif path in web.ASSETS and srv.live is not None:
+            body, kind = web.ASSETS[path]
+            self._respond(200, body, kind, b"Cache-Control: no-cache\r\n", head=head)
+        elif path == "/api/live" and srv.live is not None:
+            self._live(head)
         elif path == "/-/healthy":
             self._respond(200, b"OK\n", head=head)
         elif path == "/-/ready":
@@ -438,6 +454,30 @@ class Connection(asyncio.Protocol):
                 self._respond(503, b"not ready: collectors have not refreshed yet\n", head=head)
         else:
             self._respond(404, b"not found\n", head=head)
+
+    def _live(self, head):
+        """Server-Sent Events: headers now, then every verdict frame until the page goes away."""
+        live = self.srv.live
+        if live.full():
+            live.refused += 1
+            self._respond(503, b"too many viewers\n", extra=b"Retry-After: 10\r\n", close=not head)
+            return
+        if head:
+            self._respond(200, b"", "text/event-stream", b"Cache-Control: no-store\r\n", head=True)
+            return
+        security = self.srv.security
+        self.req = None
+        self.transport.write(b"".join((
+            b"HTTP/1.1 200 OK\r\n", SERVER, b"Content-Type: text/event-stream\r\nCache-Control: no-store\r\n",
+            security.current.header_bytes if security is not None else b"", b"Connection: close\r\n\r\n")))
+        self.state = "live"
+        self.buf = bytearray()
+        self._disarm()
+        live.add(self)
+
+    def send(self, data):
+        if self.state == "live":
+            self.transport.write(data)
 
     def _respond(self, code, body, content_type=PLAIN, extra=b"", head=False, close=False):
         """Headers and body in one write; then wait for the next request or close."""
@@ -473,7 +513,7 @@ class Server:
     """Listening socket and event loop. ``serve_in_thread``, ``shutdown``, ``server_close``."""
 
     def __init__(self, address, scheduler, read_timeout=5.0, max_requests=40, max_header_bytes=8192,
-                 max_connections=512, idle_timeout=120.0, security=None, backlog=128):
+                 max_connections=512, idle_timeout=120.0, security=None, backlog=128, live=None):
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -489,6 +529,7 @@ class Server:
         self.server_address = sock.getsockname()[:2]
         self.scheduler = scheduler
         self.security = security
+        self.live = live
         self.read_timeout = read_timeout
         self.idle_timeout = max(idle_timeout, read_timeout)
         self.max_requests = max_requests
@@ -530,10 +571,14 @@ class Server:
         try:
             self._aserver = loop.run_until_complete(
                 loop.create_server(lambda: Connection(self), sock=self.socket))
+            if self.live is not None:
+                self.live.start(loop)
             self._started.set()
             loop.run_forever()
         finally:
             self._started.set()
+            if self.live is not None:
+                self.live.stop()
             if self._aserver is not None:
                 self._aserver.close()
             for conn in list(self.connections):
