@@ -109,8 +109,9 @@ def serve(config, ready_event=None, stop_event=None):
     host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
     built = collectors.build(config)
     sched = Scheduler(built, config)
+    live = live_stream(config, sched)
     try:
-        server = security.make_server((host, port), sched, config)
+        server = security.make_server((host, port), sched, config, live=live)
     except OSError as e:
         sched.stop()
         why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
@@ -140,6 +141,21 @@ def serve(config, ready_event=None, stop_event=None):
     server.server_close()
     sched.stop(timeout=1.0)
     return 0
+
+
+def live_stream(config, pipeline):
+    """The live page's stream, fed by the pipeline after each critical-tier refresh; None when off."""
+    if not config["web"]["live_page"]:
+        return None
+    from .web import Live
+
+    live = Live(config["web"]["live_max_clients"], interval=config["tiers"]["critical"])
+
+    def on_refresh(event):
+        live.publish(event.verdict, [f for job in pipeline.jobs for f in job.families])
+
+    pipeline.subscribe(on_refresh)
+    return live
 
 
 def check_config(argv):

@@ -46,6 +46,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _ABSOLUTE = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 SCRAPE_TIMEOUT = "x-prometheus-scrape-timeout-seconds"
+LIVE_SNDBUF = 32 * 1024
 
 
 def wants_openmetrics(accept):
@@ -171,6 +172,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.reading = True
         self.kept = False
+        self.behind = None       # a live page: when it fell behind
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -470,14 +472,27 @@ class Connection(asyncio.Protocol):
         self.transport.write(b"".join((
             b"HTTP/1.1 200 OK\r\n", SERVER, b"Content-Type: text/event-stream\r\nCache-Control: no-store\r\n",
             security.current.header_bytes if security is not None else b"", b"Connection: close\r\n\r\n")))
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:     # little kernel buffering: a page that stops reading shows soon
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LIVE_SNDBUF)
         self.state = "live"
         self.buf = bytearray()
         self._disarm()
         live.add(self)
 
     def send(self, data):
-        if self.state == "live":
-            self.transport.write(data)
+        """Queue a frame; a page still behind after the read timeout is dropped."""
+        if self.state != "live":
+            return
+        self.transport.write(data)
+        if self.state != "live" or not self.transport.get_write_buffer_size():
+            self.behind = None
+        elif self.behind is None:
+            self.behind = self.loop.time()
+        elif self.loop.time() - self.behind > self.srv.read_timeout:
+            log.debug("dropping a live page that does not read")
+            self.srv.live.dropped += 1
+            self._abort()
 
     def _respond(self, code, body, content_type=PLAIN, extra=b"", head=False, close=False):
         """Headers and body in one write; then wait for the next request or close."""

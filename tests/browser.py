@@ -9,7 +9,7 @@ from conftest import need_module, need_tool
 ARTIFACTS = os.environ.get("HOOFHEARTED_ARTIFACTS") or os.path.join(tempfile.gettempdir(), "hoofhearted-artifacts")
 
 
-def chrome(width=1280, height=900, scheme=None, reduced_motion=False):
+def chrome(width=1280, height=900, scheme=None, reduced_motion=False, insecure=False):
     """A headless Chromium window of this size; ``scheme`` 'dark' or 'light' emulates the user's choice."""
     binary, driver_path = need_tool("chromium"), need_tool("chromedriver")
     webdriver = need_module("selenium.webdriver", "Chrome")
@@ -25,6 +25,8 @@ def chrome(width=1280, height=900, scheme=None, reduced_motion=False):
     if os.geteuid() == 0:
         opts.add_argument("--no-sandbox")     # Chromium refuses to sandbox as root
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    if insecure:
+        opts.accept_insecure_certs = True     # the test CA; TLS itself is checked in test_webconfig
     drv = webdriver(options=opts, service=service_cls(executable_path=driver_path))
     drv._hh_profile = profile
     features = []
