@@ -24,7 +24,7 @@ def chrome(width=1280, height=900, scheme=None, reduced_motion=False, insecure=F
         opts.add_argument(arg)
     if os.geteuid() == 0:
         opts.add_argument("--no-sandbox")     # Chromium refuses to sandbox as root
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     if insecure:
         opts.accept_insecure_certs = True     # the test CA; TLS itself is checked in test_webconfig
     drv = webdriver(options=opts, service=service_cls(executable_path=driver_path))
@@ -69,11 +69,24 @@ def wait_for(fn, timeout, what, interval=0.1):
 
 
 def text(drv, element_id):
-    return drv.find_element("id", element_id).text
+    """Rendered text, read in one script call: the page redraws lists between WebDriver calls."""
+    return drv.execute_script("return document.getElementById(arguments[0]).innerText;", element_id)
 
 
 def state(drv):
-    return drv.find_element("id", "status").get_attribute("data-state")
+    return drv.execute_script("return document.getElementById('status').getAttribute('data-state');")
+
+
+def responses(drv):
+    """(url, status, headers) of every response the browser received so far (the performance log)."""
+    import json
+    out = []
+    for entry in drv.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.responseReceived":
+            r = msg["params"]["response"]
+            out.append((r["url"], r["status"], {k.lower(): v for k, v in r["headers"].items()}))
+    return out
 
 
 def console_errors(drv):

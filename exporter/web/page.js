@@ -113,7 +113,7 @@
     replace($("fans"), items, "No fan readings: a virtual machine, sensor modules not loaded, or fans only on the BMC.");
   }
   function cell(tr, label, text, cls) {
-    var td = el("td", cls, text);
+    var td = el("td", (cls || "") + (text === "–" ? " na" : ""), text);
     td.setAttribute("data-label", label);
     tr.appendChild(td);
     return td;
@@ -130,8 +130,8 @@
     }
     list.forEach(function (c) {
       var tr = el("tr");
-      cell(tr, "#", String(c.rank));
-      var name = cell(tr, "Name", c.name + (c.pid != null ? " (pid " + c.pid + ")" : ""));
+      cell(tr, "#", String(c.rank), "rank");
+      var name = cell(tr, "Name", c.name + (c.pid != null ? " (pid " + c.pid + ")" : ""), "name");
       if (c.text) name.appendChild(el("span", "why", c.text));
       cell(tr, "Kind", c.kind === "group" ? "group of " + c.processes : c.kind);
       cell(tr, "User", c.user || "–");
