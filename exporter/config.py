@@ -354,8 +354,7 @@ def build(file=None, environ=None, flags=None):
 
 
 SECTION_DOCS = {
-    "web": "HTTP server; TLS and basic auth live in the web config file; live_page: the live page at / "
-           "(off: a plain page of links), followed by at most live_max_clients pages at once",
+    "web": "HTTP server (TLS and basic auth live in the web config file) and the live page at /",
     "paths": "where procfs, sysfs and the root filesystem are mounted",
     "log": "log verbosity",
     "tiers": "refresh interval of each tier, in seconds",

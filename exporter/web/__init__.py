@@ -6,11 +6,14 @@ one SSE frame to the event loop, which writes it to every connected page. A writ
 a page that does not take its data is dropped (see server.Connection).
 """
 import json
+import logging
 import threading
 import time
 from importlib import resources
 
 from .. import __version__
+
+log = logging.getLogger("hoofhearted.web")
 
 RETRY_MS = 1000           # EventSource's reconnection delay, sent with every frame
 HEARTBEAT_SECONDS = 15.0  # a comment line, so a vanished peer is noticed while refreshes stall
@@ -130,9 +133,13 @@ class Live:
         with self._lock:
             warnings = self._warnings.update(warnings_now(verdict, suspected_miners(families)),
                                              verdict.get("time") or self.clock())
+            try:
+                data = frame(self.event_id + 1, {"verdict": verdict, "warnings": warnings,
+                                                 "interval_seconds": self.interval})
+            except (TypeError, ValueError) as e:    # NaN or an odd type: keep the last good frame
+                log.warning("verdict not sent to live pages err=%r", e)
+                return
             self.event_id += 1
-            data = frame(self.event_id, {"verdict": verdict, "warnings": warnings,
-                                         "interval_seconds": self.interval})
             self.latest = data
         loop = self.loop
         if loop is not None and self.clients:
