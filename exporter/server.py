@@ -31,6 +31,7 @@ LANDING = """<!doctype html>
 <p>Why is my server's fan running? Temperatures, fans, and the processes behind them.</p>
 <ul>
 <li><a href="metrics">/metrics</a></li>
+<li><a href="api/verdict">/api/verdict</a> (the answer, as JSON)</li>
 <li><a href="-/healthy">/-/healthy</a></li>
 <li><a href="-/ready">/-/ready</a></li>
 </ul></body></html>
@@ -447,6 +448,12 @@ class Connection(asyncio.Protocol):
             self._respond(200, body, kind, b"Cache-Control: no-cache\r\n", head=head)
         elif path == "/api/live" and srv.live is not None:
             self._live(head)
+        elif path == "/api/verdict":
+            body = srv.scheduler.verdict_body() if hasattr(srv.scheduler, "verdict_body") else None
+            if body is None:
+                self._respond(503, b"no verdict yet: collectors have not refreshed\n", head=head)
+            else:
+                self._respond(200, body, "application/json", b"Cache-Control: no-store\r\n", head)
         elif path == "/-/healthy":
             self._respond(200, b"OK\n", head=head)
         elif path == "/-/ready":

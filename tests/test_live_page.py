@@ -283,7 +283,8 @@ def test_page_renders_and_updates_without_reload(start_exporter, chrome):
     later = browser.wait_for(lambda: (drv.execute_script("return hoofhearted.lastUpdate();") or 0) > first and
                              drv.execute_script("return hoofhearted.lastUpdate();"), 2, "a newer update")
     assert later > first and not_reloaded(drv)
-    assert browser.text(drv, "host") == socket.gethostname()
+    verdict = exp.get("/api/verdict").json()
+    assert browser.text(drv, "host") == verdict["host"] == socket.gethostname()
     assert f"of {os.cpu_count()} cores" in browser.text(drv, "load")
     assert drv.find_element("id", "main").get_attribute("data-current") == "true"
     assert browser.console_errors(drv) == []
@@ -302,6 +303,8 @@ def test_burner_appears_among_culprits_and_leaves(start_exporter, chrome):
                                 f"burner {b.name} among the culprits")
         print(f"burner shown after {time.monotonic() - start:.2f} s: {rows[0]!r}")
         assert b.user in rows[0]
+        if b.owner and b.owner.startswith("container/"):
+            assert "container " + b.owner.split("/", 1)[1] in rows[0]
     finally:
         b.close()
     browser.wait_for(lambda: not any(b.name in r for r in culprit_names(drv)), 10, "burner gone from the culprits")
