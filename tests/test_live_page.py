@@ -9,7 +9,7 @@ import requests
 
 import browser
 from burner import Burner
-from conftest import SYSFS, RunningExporter
+from fixture_box import box_config
 from exporter import web
 from test_webconfig import free_port, hashpw, https, node_exporter_style, pki, session, write_web  # noqa: F401
 
@@ -350,21 +350,30 @@ def test_eleventh_page_says_too_many_viewers(start_exporter, chrome):
 
 
 @pytest.mark.parametrize("width", [360, 1280])
-def test_screenshots_dark_and_light(width, start_exporter, chrome):
-    exp = start_exporter(f"--path.sysfs={SYSFS}")
+def test_screenshots_dark_and_light(width, tmp_path, start_exporter, chrome):
+    # the fixture box's sensors, fans and fake GPUs; this machine's processes, a burner among them
+    cfg = box_config(str(tmp_path))
+    conf = {"paths": {"sysfs": cfg["paths"]["sysfs"]}, "gpu": {"nvml_module": cfg["gpu"]["nvml_module"]}}
+    exp = start_exporter("--config.file", write_config(tmp_path, json.dumps(conf)))
+    b = Burner()
     expected = {"dark": "rgb(17, 19, 21)", "light": "rgb(247, 247, 245)"}
-    for scheme in ("dark", "light"):
-        drv = chrome(width, 900, scheme=scheme, reduced_motion=(scheme == "light"))
-        drv.get(exp.url + "/")
-        browser.wait_for(lambda: browser.state(drv) == "live", 10, "the page goes live")
-        browser.wait_for(lambda: "°C" in browser.text(drv, "temperatures"), 5, "temperatures shown")
-        bg = drv.execute_script("return getComputedStyle(document.body).backgroundColor;")
-        assert bg == expected[scheme]
-        # no sideways scrolling on a phone
-        assert drv.execute_script("return document.documentElement.scrollWidth;") <= width
-        anim = drv.execute_script("return getComputedStyle(document.querySelector('.dot')).animationName;")
-        assert anim == ("none" if scheme == "light" else "pulse")
-        path = browser.screenshot(drv, f"live-page-{width}-{scheme}.png")
-        print(f"screenshot: {path}")
-        assert os.path.getsize(path) > 10_000
-        assert browser.console_errors(drv) == []
+    try:
+        for scheme in ("dark", "light"):
+            drv = chrome(width, 900, scheme=scheme, reduced_motion=(scheme == "light"))
+            drv.get(exp.url + "/")
+            browser.wait_for(lambda: browser.state(drv) == "live", 10, "the page goes live")
+            browser.wait_for(lambda: any(b.name in r for r in culprit_names(drv)), 10, "the burner shown")
+            assert "°C" in browser.text(drv, "temperatures") and "rpm" in browser.text(drv, "fans")
+            assert "GPU0" in browser.text(drv, "load")
+            bg = drv.execute_script("return getComputedStyle(document.body).backgroundColor;")
+            assert bg == expected[scheme]
+            # no sideways scrolling on a phone
+            assert drv.execute_script("return document.documentElement.scrollWidth;") <= width
+            anim = drv.execute_script("return getComputedStyle(document.querySelector('.dot')).animationName;")
+            assert anim == ("none" if scheme == "light" else "pulse")
+            path = browser.screenshot(drv, f"live-page-{width}-{scheme}.png")
+            print(f"screenshot: {path}")
+            assert os.path.getsize(path) > 10_000
+            assert browser.console_errors(drv) == []
+    finally:
+        b.close()

@@ -89,6 +89,7 @@
     });
     replace($("load"), items, "No load readings.");
   }
+  function sub(name, chip) { return chip && (name || "").indexOf(chip) < 0 ? chip : null; }
   function heatRatio(r) { return r == null ? "" : r > 0.9 ? "hot" : r > 0.75 ? "warm" : ""; }
   function drawTemperatures(v) {
     var items = (v.temperatures || []).slice(0, 8).map(function (t) {
@@ -97,7 +98,7 @@
       if (t.critical_celsius != null) limits.push("critical " + celsius(t.critical_celsius));
       var hot = t.celsius > 85 || (t.max_celsius != null && t.celsius >= t.max_celsius - 10);
       var warm = t.max_celsius != null && t.celsius >= t.max_celsius - 20;
-      return bar(t.name || t.label || t.sensor, t.chip || null, celsius(t.celsius), limits.join(" · ") || "no limit reported",
+      return bar(t.name || t.label || t.sensor, sub(t.name, t.chip), celsius(t.celsius), limits.join(" · ") || "no limit reported",
         t.celsius / (top || 100), hot ? "hot" : warm ? "warm" : "");
     });
     replace($("temperatures"), items, "No temperature readings.");
@@ -107,7 +108,7 @@
       var bits = [];
       if (f.rpm != null) bits.push(num(f.rpm) + " rpm");
       if (f.ratio != null) bits.push(pct(f.ratio) + " of max");
-      return bar(f.name || f.label || f.fan, f.chip || null, bits.join(" · ") || "–", null, f.ratio,
+      return bar(f.name || f.label || f.fan, sub(f.name, f.chip), bits.join(" · ") || "–", null, f.ratio,
         f.ratio != null && f.ratio > 0.9 ? "hot" : "");
     });
     replace($("fans"), items, "No fan readings: a virtual machine, sensor modules not loaded, or fans only on the BMC.");
@@ -133,7 +134,7 @@
       cell(tr, "#", String(c.rank), "rank");
       var name = cell(tr, "Name", c.name + (c.pid != null ? " (pid " + c.pid + ")" : ""), "name");
       if (c.text) name.appendChild(el("span", "why", c.text));
-      cell(tr, "Kind", c.kind === "group" ? "group of " + c.processes : c.kind);
+      cell(tr, "Kind", c.kind === "process" ? "process" : c.processes + " processes", "kind");
       cell(tr, "User", c.user || "–");
       cell(tr, "Container or unit", owner(c.owner));
       cell(tr, "CPU", c.cores == null ? "–" : num(c.cores, 2) + " cores", "num");
