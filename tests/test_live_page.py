@@ -325,12 +325,13 @@ def test_offline_within_5s_and_live_again_after_restart(start_exporter, chrome):
     print(f"offline after {time.monotonic() - stopped:.2f} s")
     status = browser.text(drv, "status-text")
     assert status.startswith("Offline · last update ") and "ago" in status
+    assert browser.text(drv, "announce") == "Offline: the numbers are not current."
     assert drv.find_element("id", "main").get_attribute("data-current") == "false"
     assert drv.execute_script("return hoofhearted.lastUpdate();") >= shown
     again = start_exporter(f"--web.listen-address=127.0.0.1:{port}")
     assert again.address == f"127.0.0.1:{port}"
     browser.wait_for(lambda: browser.state(drv) == "live", 10, "the page is live again")
-    assert not_reloaded(drv)
+    assert not_reloaded(drv) and browser.text(drv, "announce") == "Live."
     assert drv.find_element("id", "main").get_attribute("data-current") == "true"
 
 

@@ -84,8 +84,10 @@
       var bits = [g.utilization_ratio == null ? "busy share unknown" : pct(g.utilization_ratio) + " busy"];
       if (g.temperature_celsius != null) bits.push(celsius(g.temperature_celsius));
       if (g.power_watts != null) bits.push(num(g.power_watts) + " W");
-      var limit = g.memory_total_bytes ? "memory " + bytes(g.memory_used_bytes) + " of " + bytes(g.memory_total_bytes) : null;
-      items.push(bar(gpuName(g.gpu), g.name || null, bits.join(" · "), limit, g.utilization_ratio, heatRatio(g.utilization_ratio)));
+      var about = g.name ? [g.name] : [];
+      if (g.memory_total_bytes) about.push("memory " + bytes(g.memory_used_bytes) + " of " + bytes(g.memory_total_bytes));
+      items.push(bar(gpuName(g.gpu), null, bits.join(" · "), about.join(" · ") || null, g.utilization_ratio,
+        heatRatio(g.utilization_ratio)));
     });
     replace($("load"), items, "No load readings.");
   }
@@ -173,7 +175,11 @@
   }
 
   // -- connection ----------------------------------------------------------------------------
+  var SAID = { live: "Live.", reconnecting: "Connection lost, reconnecting.", offline: "Offline: the numbers are not current.",
+               full: "Too many viewers.", denied: "Not authorised." };
   function setState(s) {
+    // the status line changes every second; a screen reader hears only a change of state
+    if (s !== state && SAID[s]) $("announce").textContent = SAID[s];
     state = s;
     $("status").setAttribute("data-state", s);
     $("main").setAttribute("data-current", s === "live" ? "true" : "false");
