@@ -9,8 +9,9 @@ One event-loop thread serves every connection, so a slow or idle client holds no
 - at most web.max_connections connections are open; a new one pushes out the connection that
   has waited longest without completing a request;
 - TLS handshakes run in the loop without blocking it, each bounded by the read timeout.
-- /api/live streams the verdict to at most web.live_max_clients pages (more get 503); a page that
-  does not take what is written to it is dropped at once, so it never holds up anyone else.
+- /api/live streams the verdict to at most web.live_max_clients pages (more get 503); writes never
+  wait, and a page that stops taking them is dropped (behind for the read timeout, or 64 KiB
+  queued), so it never holds up a refresh, a scrape or another page.
 Only GET and HEAD; nothing is served from disk. Every response is one write with Nagle off.
 """
 import asyncio
@@ -21,7 +22,8 @@ import socket
 import struct
 import threading
 
-from . import __version__, render, web
+from . import __version__, render
+from .web import ASSETS as LIVE_ASSETS, INDEX as LIVE_INDEX
 
 log = logging.getLogger("hoofhearted.server")
 
@@ -439,12 +441,12 @@ class Connection(asyncio.Protocol):
             self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
         elif path == "/":
             if srv.live is not None:
-                self._respond(200, web.INDEX, "text/html; charset=utf-8", head=head)
+                self._respond(200, LIVE_INDEX, "text/html; charset=utf-8", head=head)
             else:
                 page = LANDING.format(version=html.escape(__version__)).encode()
                 self._respond(200, page, "text/html; charset=utf-8", head=head)
-        elif path in web.ASSETS and srv.live is not None:
-            body, kind = web.ASSETS[path]
+        elif path in LIVE_ASSETS and srv.live is not None:
+            body, kind = LIVE_ASSETS[path]
             self._respond(200, body, kind, b"Cache-Control: no-cache\r\n", head=head)
         elif path == "/api/live" and srv.live is not None:
             self._live(head)
