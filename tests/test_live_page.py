@@ -280,9 +280,11 @@ def test_page_renders_and_updates_without_reload(start_exporter, chrome):
     browser.wait_for(lambda: browser.state(drv) == "live", 10, "the page goes live")
     marker(drv)
     first = drv.execute_script("return hoofhearted.lastUpdate();")
+    shown = browser.text(drv, "status-text")
     later = browser.wait_for(lambda: (drv.execute_script("return hoofhearted.lastUpdate();") or 0) > first and
                              drv.execute_script("return hoofhearted.lastUpdate();"), 2, "a newer update")
     assert later > first and not_reloaded(drv)
+    browser.wait_for(lambda: browser.text(drv, "status-text") != shown, 2, "the time shown moves on")
     verdict = exp.get("/api/verdict").json()
     assert browser.text(drv, "host") == verdict["host"] == socket.gethostname()
     assert f"of {os.cpu_count()} cores" in browser.text(drv, "load")
