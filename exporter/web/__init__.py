@@ -60,7 +60,8 @@ def warnings_now(verdict, miners=()):
             continue
         if c > HOT_CELSIUS or (slow is not None and c >= slow - NEAR_MAX_CELSIUS):
             limit = f" (slows down at {slow:.0f} °C)" if slow is not None else ""
-            out.append((f"gpu-temp:{g.get('gpu')}", "critical", f"GPU{g.get('gpu')} at {c:.0f} °C{limit}"))
+            name = g.get("display") or f"GPU{g.get('gpu')}"
+            out.append((f"gpu-temp:{g.get('uuid') or g.get('gpu')}", "critical", f"{name} at {c:.0f} °C{limit}"))
     cpu = (verdict.get("cpu") or {}).get("usage_ratio")
     if cpu is not None and cpu > BUSY_RATIO:
         out.append(("cpu", "warning", f"CPU {cpu * 100:.0f}% busy"))

@@ -86,7 +86,7 @@
       if (g.power_watts != null) bits.push(num(g.power_watts) + " W");
       var about = g.name ? [g.name] : [];
       if (g.memory_total_bytes) about.push("memory " + bytes(g.memory_used_bytes) + " of " + bytes(g.memory_total_bytes));
-      items.push(bar(gpuName(g.gpu), null, bits.join(" · "), about.join(" · ") || null, g.utilization_ratio,
+      items.push(bar(g.display || gpuName(g.gpu), null, bits.join(" · "), about.join(" · ") || null, g.utilization_ratio,
         heatRatio(g.utilization_ratio)));
     });
     replace($("load"), items, "No load readings.");
