@@ -4,9 +4,9 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS    = prometheus prometheus-alertmanager prometheus-node-exporter prometheus-process-exporter \
-          freeipmi-tools openipmi
+          freeipmi-tools openipmi chromium chromium-driver
 TOOLS   = prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-process-exporter \
-          ipmi-sensors ipmi_sim
+          ipmi-sensors ipmi_sim chromium chromedriver
 
 .PHONY: run test venv deps bench soak fuzz check clean
 
@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian's Prometheus stack: promtool and amtool for rule checks, real servers for end-to-end tests,
-# node_exporter and process-exporter as reference points; FreeIPMI reads BMCs, OpenIPMI's ipmi_sim
-# simulates one.
+# node_exporter and process-exporter as reference points; Chromium and its driver for the live page;
+# FreeIPMI reads BMCs, OpenIPMI's ipmi_sim simulates one.
 deps:
 	@missing=""; for t in $(TOOLS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
