@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import requests
 
@@ -151,7 +152,9 @@ def _wait_http(url, proc, timeout=30, **kw):
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited")
         try:
-            requests.get(url, timeout=1, **kw)
+            with warnings.catch_warnings():     # the emulator's test certificate, before the CA is used
+                warnings.simplefilter("ignore")
+                requests.get(url, timeout=1, **kw)
             return
         except requests.RequestException:
             time.sleep(0.1)
