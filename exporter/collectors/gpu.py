@@ -96,7 +96,8 @@ def device_families(nv=None, amd=None):
     shut = gauge("hoofhearted_gpu_temperature_shutdown_celsius", "Temperature at which the GPU shuts down.", gl)
     sensor = gauge("hoofhearted_gpu_sensor_temperature_celsius",
                    "A GPU temperature sensor (AMD: edge, junction, mem).", gl + ["sensor"])
-    fan = gauge("hoofhearted_gpu_fan_speed_ratio", "GPU fan speed as a share of its maximum (0-1).", gl + ["fan"])
+    fan = gauge("hoofhearted_gpu_fan_speed_ratio",
+                "GPU fan speed as a share of its maximum (NVIDIA may report above 1: kept as read).", gl + ["fan"])
     rpm = gauge("hoofhearted_gpu_fan_speed_rpm", "GPU fan speed.", gl + ["fan"])
     power = gauge("hoofhearted_gpu_power_watts", "Power drawn by the GPU.", gl)
     limit = gauge("hoofhearted_gpu_power_limit_watts", "Power limit the GPU enforces.", gl)
@@ -114,6 +115,40 @@ def device_families(nv=None, amd=None):
                      gl + ["gpu_instance"])
     mig_total = gauge("hoofhearted_gpu_mig_memory_total_bytes", "Memory of a MIG GPU instance.",
                       gl + ["gpu_instance"])
+    margin = gauge("hoofhearted_gpu_temperature_margin_celsius",
+                   "Degrees left before the GPU reaches its temperature limit (T.Limit).", gl)
+    sensor_crit = gauge("hoofhearted_gpu_sensor_temperature_critical_celsius",
+                        "Temperature at which a GPU sensor's domain slows down (AMD: edge, junction, mem).",
+                        gl + ["sensor"])
+    default_limit = gauge("hoofhearted_gpu_power_default_limit_watts", "Power limit the GPU boots with.", gl)
+    max_limit = gauge("hoofhearted_gpu_power_max_limit_watts", "Highest power limit the GPU accepts.", gl)
+    soc_power = gauge("hoofhearted_gpu_soc_power_watts",
+                      "Power of a whole APU package (GPU and CPU cores together), as its GPU driver reports it.", gl)
+    pcie_tx = counter("hoofhearted_gpu_pcie_transmit_bytes", "Bytes the GPU sent over PCIe since its driver loaded.", gl)
+    pcie_rx = counter("hoofhearted_gpu_pcie_receive_bytes",
+                      "Bytes the GPU received over PCIe since its driver loaded.", gl)
+    replays = counter("hoofhearted_gpu_pcie_replays", "PCIe packets the GPU link had to resend (link errors).", gl)
+    link_gen = gauge("hoofhearted_gpu_pcie_link_generation", "PCIe generation the GPU link runs at now.", gl)
+    link_gen_max = gauge("hoofhearted_gpu_pcie_link_max_generation",
+                         "Highest PCIe generation the GPU and its slot support.", gl)
+    link_width = gauge("hoofhearted_gpu_pcie_link_width", "PCIe lanes the GPU link runs with now.", gl)
+    link_width_max = gauge("hoofhearted_gpu_pcie_link_max_width", "PCIe lanes the GPU link can have.", gl)
+    ecc = counter("hoofhearted_gpu_ecc_errors", "GPU memory ECC errors; volatile: since the driver loaded, "
+                  "aggregate: over the GPU's life.", gl + ["error", "counter"])
+    retired = gauge("hoofhearted_gpu_retired_pages", "GPU memory pages retired after ECC errors.", gl + ["cause"])
+    retired_pending = gauge("hoofhearted_gpu_retired_pages_pending",
+                            "1 when GPU memory pages wait to be retired at the next driver reload.", gl)
+    remapped = gauge("hoofhearted_gpu_remapped_rows", "GPU memory rows remapped after errors.", gl + ["cause"])
+    remap_pending = gauge("hoofhearted_gpu_remapped_rows_pending",
+                          "1 when a row remapping waits for a GPU reset.", gl)
+    remap_failed = gauge("hoofhearted_gpu_remapped_rows_failed",
+                         "1 when a row remapping failed: the GPU needs service.", gl)
+    event_time = counter("hoofhearted_gpu_clock_event_seconds",
+                         "Time a reason held the GPU clocks down (power cap, thermal, ...), as counted by the driver.",
+                         gl + ["reason"])
+    xids = counter("hoofhearted_gpu_xid_errors", "Xid errors the GPU driver reported, per Xid code, since the "
+                   "exporter started.", gl + ["xid"])
+    last_xid = gauge("hoofhearted_gpu_last_xid_info", "The last Xid error the GPU reported.", gl + ["xid"])
     if nv is not None:
         devices.add_metric(["nvidia"], len(nv.gpus))
         for g in nv.gpus:
@@ -131,9 +166,12 @@ def device_families(nv=None, amd=None):
             _opt(shut, lab, g.shutdown)
             for f, ratio in sorted(g.fans.items()):
                 fan.add_metric(lab + [f], ratio)
+            for f, v in sorted(g.fan_rpm.items()):
+                rpm.add_metric(lab + [f], v)
             _opt(power, lab, g.power)
             _opt(limit, lab, g.power_limit)
             _opt(energy, lab, g.energy)
+            _nvidia_health(g, lab, locals())
             for c, hz in g.clocks.items():
                 clock.add_metric(lab + [c], hz)
             for r, v in g.clock_events.items():
@@ -159,6 +197,7 @@ def device_families(nv=None, amd=None):
             info.add_metric(lab + [g.name, "amd", g.driver_version, g.pci_bus_id], 1)
             up.add_metric(lab, 1)
             _opt(util, lab, g.utilization)
+            _opt(mem_util, lab, g.memory_utilization)
             _opt(used, lab, g.memory_used)
             _opt(total, lab, g.memory_total)
             _opt(temp, lab, g.temperature)
@@ -166,16 +205,53 @@ def device_families(nv=None, amd=None):
             _opt(shut, lab, g.shutdown)
             for s, c in sorted(g.temperatures.items()):
                 sensor.add_metric(lab + [s], c)
+            for s, c in sorted(g.critical.items()):
+                sensor_crit.add_metric(lab + [s], c)
             for f, ratio in sorted(g.fans.items()):
                 fan.add_metric(lab + [f], ratio)
             for f, v in sorted(g.fan_rpm.items()):
                 rpm.add_metric(lab + [f], v)
-            _opt(power, lab, g.power)
+            # an APU's power1 is the whole package: not GPU power, and RAPL already counts the CPU part
+            _opt(soc_power if g.apu else power, lab, g.power)
             _opt(limit, lab, g.power_limit)
             for c, hz in g.clocks.items():
                 clock.add_metric(lab + [c], hz)
     return [info, up, devices, util, mem_util, used, total, temp, slow, shut, sensor, fan, rpm, power, limit,
-            energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total]
+            energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total, margin, sensor_crit,
+            default_limit, max_limit, soc_power, pcie_tx, pcie_rx, replays, link_gen, link_gen_max, link_width,
+            link_width_max, ecc, retired, retired_pending, remapped, remap_pending, remap_failed, event_time, xids,
+            last_xid]
+
+
+def _nvidia_health(g, lab, f):
+    """The health families of one NVIDIA GPU (f: device_families' families by variable name)."""
+    _opt(f["margin"], lab, g.margin)
+    if g.memory_temperature is not None:
+        f["sensor"].add_metric(lab + ["mem"], g.memory_temperature)
+    _opt(f["default_limit"], lab, g.power_default_limit)
+    _opt(f["max_limit"], lab, g.power_max_limit)
+    _opt(f["pcie_tx"], lab, g.pcie_transmit_bytes)
+    _opt(f["pcie_rx"], lab, g.pcie_receive_bytes)
+    _opt(f["replays"], lab, g.pcie_replays)
+    _opt(f["link_gen"], lab, g.link_generation)
+    _opt(f["link_gen_max"], lab, g.link_max_generation)
+    _opt(f["link_width"], lab, g.link_width)
+    _opt(f["link_width_max"], lab, g.link_max_width)
+    for (error, period), n in sorted(g.ecc.items()):
+        f["ecc"].add_metric(lab + [error, period], n)
+    for cause, n in sorted(g.retired_pages.items()):
+        f["retired"].add_metric(lab + [cause], n)
+    _opt(f["retired_pending"], lab, g.retired_pending)
+    for cause, n in sorted(g.remapped_rows.items()):
+        f["remapped"].add_metric(lab + [cause], n)
+    _opt(f["remap_pending"], lab, g.remap_pending)
+    _opt(f["remap_failed"], lab, g.remap_failed)
+    for reason, sec in sorted(g.clock_event_seconds.items()):
+        f["event_time"].add_metric(lab + [reason], sec)
+    for xid, n in sorted(g.xid_errors.items()):
+        f["xids"].add_metric(lab + [str(xid)], n)
+    if g.last_xid is not None:
+        f["last_xid"].add_metric(lab + [str(g.last_xid)], 1)
 
 
 def _hot(temperatures, thresholds):

@@ -31,10 +31,13 @@ class AMDGPU:
     driver_version: str = ""
     suspended: bool = False
     utilization: float = None          # ratio
+    memory_utilization: float = None   # ratio (mem_busy_percent)
+    apu: bool = False                  # integrated: power1 is the whole package's
     memory_used: int = None            # bytes
     memory_total: int = None
     temperature: float = None          # °C: edge, else junction
     temperatures: dict = field(default_factory=dict)   # 'edge'/'junction'/'mem' -> °C
+    critical: dict = field(default_factory=dict)       # 'edge'/'junction'/'mem' -> crit °C
     slowdown: float = None             # crit of that sensor
     shutdown: float = None             # emergency of that sensor
     fans: dict = field(default_factory=dict)           # "0" -> ratio
@@ -70,6 +73,7 @@ def _read_hwmon(gpu, hw):
         temps[label] = (value / 1000, _int(os.path.join(hw, f"temp{n}_crit")),
                         _int(os.path.join(hw, f"temp{n}_emergency")))
     gpu.temperatures = {k: v[0] for k, v in temps.items()}
+    gpu.critical = {k: v[1] / 1000 for k, v in temps.items() if v[1]}
     main = temps.get("edge") or temps.get("junction") or next(iter(temps.values()), None)
     if main is not None:
         gpu.temperature = main[0]
@@ -84,7 +88,9 @@ def _read_hwmon(gpu, hw):
         n = os.path.basename(path)[3:]
         value = _int(path)
         top = _int(os.path.join(hw, f"pwm{n}_max")) or 255
-        if value is not None and (read_text(os.path.join(hw, f"pwm{n}_enable")) or "1").strip() != "0":
+        if (read_text(os.path.join(hw, f"pwm{n}_enable")) or "1").strip() == "0":
+            gpu.fans[str(int(n) - 1)] = 1.0      # hwmon ABI: 0 = no fan speed control, full speed
+        elif value is not None:
             gpu.fans[str(int(n) - 1)] = min(1.0, value / top)
     for fan, rpm in gpu.fan_rpm.items():
         if fan not in gpu.fans:
