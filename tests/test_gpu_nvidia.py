@@ -247,6 +247,34 @@ def test_a_one_off_error_is_retried_with_backoff_not_remembered(code):
     assert nv._fake.gpus[0].power_limit_mw.calls == 4
 
 
+DATACENTER_PROCS = {0: {11327: 2566 * MIB, 11328: 1542 * MIB, 11345: 15690 * MIB},
+                    1: {10291: 2566 * MIB, 10293: 1542 * MIB, 10309: 28234 * MIB}}
+
+
+@pytest.mark.parametrize("generation", sorted(scenarios.GENERATIONS))
+def test_process_lists_are_read_at_the_drivers_entry_size(generation):
+    """The fake writes packed C entries of the driver's size (16, 24 or 32 bytes): any stride
+    mismatch shifts every entry after the first."""
+    nv = scenarios.generation(generation, clock=Clock())
+    src = NvidiaSource(nv)
+    got = {g.index: {p.pid: p.memory for p in g.processes} for g in src.read_processes(1.0)}
+    assert got == DATACENTER_PROCS
+    instance = {p.gpu_instance for g in src.read_processes(2.0) for p in g.processes}
+    assert instance == {None}
+
+
+def test_the_fake_driver_writes_its_own_entry_size():
+    """nvidia-ml-py's wrapper assumes one entry size: on the early R535 driver it reads garbage."""
+    nv = scenarios.generation("r535_early", clock=Clock())
+    nv.nvmlInit()
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+    procs = nv.nvmlDeviceGetComputeRunningProcesses_v3(h)
+    assert ctypes.sizeof(nv.c_nvmlProcessInfo_t) == 24     # every allowed nvidia-ml-py
+    assert procs[0].pid == 11327
+    assert [p.pid for p in procs] != sorted(DATACENTER_PROCS[0])
+    nv.nvmlShutdown()
+
+
 def test_older_driver_falls_back_to_older_calls():
     nv = scenarios.old_driver(clock=Clock())
     src = NvidiaSource(nv)

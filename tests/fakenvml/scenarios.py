@@ -227,13 +227,32 @@ OLD_DRIVER_MISSING = {
 
 
 def old_driver(**kw):
-    nvml = datacenter(**kw)
+    return drop_symbols(datacenter(**kw), OLD_DRIVER_MISSING)
+
+
+# Process-list entry points by driver generation (see FakeLibrary._v3_entry)
+GENERATIONS = {
+    "current": set(),                                                       # _v3, 24-byte entries
+    "r535_early": {"nvmlDeviceGetRunningProcessDetailList"},               # _v3, 32-byte entries
+    "v2_only": {f"nvmlDevice{k}RunningProcesses_v3" for k in ("GetCompute", "GetGraphics", "GetMPSCompute")},
+    "v1_only": {f"nvmlDevice{k}RunningProcesses_{v}" for k in ("GetCompute", "GetGraphics", "GetMPSCompute")
+                for v in ("v3", "v2")},
+}
+
+
+def drop_symbols(nvml, names):
+    """The fake's library without ``names``, as an older driver."""
     lib = nvml._fake
-    for name in OLD_DRIVER_MISSING:
+    for name in names:
         lib.exported.discard(name)
         if hasattr(lib.symbols, name):
             delattr(lib.symbols, name)
     return nvml
+
+
+def generation(name, **kw):
+    """The datacenter scenario on a driver of one process-list generation."""
+    return drop_symbols(datacenter(**kw), GENERATIONS[name])
 
 
 def nodriver(**kw):
