@@ -368,6 +368,8 @@ class GPUProcessCollector(Collector):
         self.fdinfo = fdinfo_reader or fdinfo.FdinfoReader(procfs)
         self.tracker = fdinfo.UsageTracker()
         self.nvml_names = {}        # pid -> name from NVML, for pids /proc does not show
+        self.proc_busy = {}         # (gpu, uuid, pid) -> {engine: s} at the last refresh
+        self.group_busy = {}        # (gpu, uuid, group) -> {engine: s}: group counters
 
     @classmethod
     def create(cls, config):
@@ -376,7 +378,8 @@ class GPUProcessCollector(Collector):
         return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
                    processes.shared(paths["procfs"], paths["rootfs"]))
 
-    # Each entry: (gpu label, uuid, pid, name, user, owner, memory or None, {engine: ratio} or None)
+    # Each entry: (gpu label, uuid, pid, name, user, owner, memory or None, {engine: ratio} or None,
+    #              {engine: busy s counter} or None)
 
     def _identity(self, table, pid, from_nvml):
         proc = table.procs.get(pid)
@@ -404,7 +407,7 @@ class GPUProcessCollector(Collector):
                 if ident is None:
                     continue
                 live.add(p.pid)
-                out.append((str(gpu.index), gpu.uuid, p.pid) + ident + (p.memory, p.utilization))
+                out.append((str(gpu.index), gpu.uuid, p.pid) + ident + (p.memory, p.utilization, p.engine_seconds))
         self.nvml_names = {k: v for k, v in self.nvml_names.items() if k in live}
         return out
 
@@ -414,15 +417,16 @@ class GPUProcessCollector(Collector):
             return []
         by_key = {c.key: c for c in cards}
         clients = self.fdinfo.read(now, table.pids)
+        apus = {c.key for c in cards if c.apu}
         out = []
-        for u in self.tracker.update(clients, now):
+        for u in self.tracker.update(clients, now, apus):
             card = by_key.get(u.device)
             if card is None:
                 continue             # a device without a card in sysfs: not a GPU we list
             ident = self._identity(table, u.pid, False)
             if ident is None:
                 continue
-            out.append((str(card.index), card.uuid, u.pid) + ident + (u.memory, u.engines))
+            out.append((str(card.index), card.uuid, u.pid) + ident + (u.memory, u.engines, u.busy))
         return out
 
     def update(self, now):
@@ -447,6 +451,13 @@ class GPUProcessCollector(Collector):
         gutil = gauge("hoofhearted_gpu_process_group_utilization_ratio",
                       "Share of time a GPU engine worked for the processes of one name (0-1).",
                       gl + ["group", "engine"])
+        busy = counter("hoofhearted_gpu_process_engine_seconds",
+                       "Time a GPU engine worked for a top process (NVIDIA: integrated from the driver's "
+                       "samples).", pl + ["engine"])
+        gbusy = counter("hoofhearted_gpu_process_group_engine_seconds",
+                        "Time a GPU engine worked for the processes of one name, counted from the refresh "
+                        "each process was first seen.", gl + ["group", "engine"])
+        self._count_groups(entries)
         by_gpu = {}
         for e in entries:
             by_gpu.setdefault((e[0], e[1]), []).append(e)
@@ -457,12 +468,43 @@ class GPUProcessCollector(Collector):
                 _opt(mem, lab, e[6])
                 for engine, ratio in sorted((e[7] or {}).items()):
                     util.add_metric(lab + [engine], ratio)
+                for engine, sec in sorted((e[8] or {}).items()):
+                    busy.add_metric(lab + [engine], sec)
             for group, (m, engines) in _groups(items, self.max_groups):
                 if m is not None:
                     gmem.add_metric([gpu, uuid, group], m)
                 for engine, ratio in sorted(engines.items()):
                     gutil.add_metric([gpu, uuid, group, engine], ratio)
-        return [mem, util, count, gmem, gutil]
+        for (gpu, uuid, group), engines in sorted(self.group_busy.items()):
+            for engine, sec in sorted(engines.items()):
+                gbusy.add_metric([gpu, uuid, group, engine], sec)
+        return [mem, util, count, gmem, gutil, busy, gbusy]
+
+    def _count_groups(self, entries):
+        """Add each process's busy time since the last refresh to its group's counter (or to
+        'other' while the group is not among the shown ones). A process counts from the refresh
+        it is first seen; a group's counter goes when its last process has gone."""
+        shown, live, now_busy = {}, set(), {}
+        by_gpu = {}
+        for e in entries:
+            by_gpu.setdefault((e[0], e[1]), []).append(e)
+        for (gpu, uuid), items in by_gpu.items():
+            shown[(gpu, uuid)] = {name for name, _ in _groups(items, self.max_groups)}
+        for e in entries:
+            if e[8] is None:
+                continue
+            key = (e[0], e[1], e[2])
+            now_busy[key] = e[8]
+            group = e[3] if e[3] in shown[(e[0], e[1])] else OTHER
+            gkey = (e[0], e[1], group)
+            live.add(gkey)
+            acc = self.group_busy.setdefault(gkey, {})
+            before = self.proc_busy.get(key)
+            for engine, sec in e[8].items():
+                grown = 0.0 if before is None else max(0.0, sec - before.get(engine, 0.0))
+                acc[engine] = acc.get(engine, 0.0) + grown
+        self.proc_busy = now_busy
+        self.group_busy = {k: v for k, v in self.group_busy.items() if k in live}
 
     def close(self):
         release_source(self.source)

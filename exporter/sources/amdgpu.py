@@ -57,6 +57,10 @@ def _int(path):
         return None
 
 
+def _suspended(device):
+    return (read_text(os.path.join(device, "power", "runtime_status")) or "").strip() == "suspended"
+
+
 def _hwmon(device):
     found = sorted(glob.glob(os.path.join(device, "hwmon", "hwmon*")))
     return found[0] if found else None
@@ -130,23 +134,30 @@ class AMDGPUSource:
                 amdgpuinfo = False
         self.amdgpuinfo = amdgpuinfo or None
         self._infos = None          # pci slot -> GPUInfo
+        self._asleep = False        # a card is runtime-suspended now
         self.unsupported = set()    # (pci slot, query)
         self.driver_version = (read_text(os.path.join(sysfs, "module", "amdgpu", "version")) or "").strip()
 
     def read(self):
-        return [self._read_card(c) for c in list_cards(self.sysfs) if c.driver == "amdgpu"]
+        cards = [c for c in list_cards(self.sysfs) if c.driver == "amdgpu"]
+        # pyamdgpuinfo opens every card when it looks for them: not while one of them sleeps
+        self._asleep = any(_suspended(c.device) for c in cards)
+        return [self._read_card(c) for c in cards]
 
     def _read_card(self, card):
         d = card.device
         uuid = card.uuid
         name = (read_text(os.path.join(d, "product_name")) or "").strip()
         gpu = AMDGPU(card.index, uuid, name, card.pci_slot, self.driver_version)
-        if (read_text(os.path.join(d, "power", "runtime_status")) or "").strip() == "suspended":
+        if _suspended(d):
             gpu.suspended = True
             gpu.utilization = 0.0
             return gpu
         busy = _int(os.path.join(d, "gpu_busy_percent"))
         gpu.utilization = None if busy is None else busy / 100
+        busy = _int(os.path.join(d, "mem_busy_percent"))
+        gpu.memory_utilization = None if busy is None else busy / 100
+        gpu.apu = card.apu
         gpu.memory_used = _int(os.path.join(d, "mem_info_vram_used"))
         gpu.memory_total = _int(os.path.join(d, "mem_info_vram_total"))
         hw = _hwmon(d)
@@ -174,6 +185,8 @@ class AMDGPUSource:
         if self.amdgpuinfo is None or not card.pci_slot:
             return None
         if self._infos is None:
+            if self._asleep:
+                return None
             self._infos = {}
             try:
                 for i in range(self.amdgpuinfo.detect_gpus()):
