@@ -54,9 +54,21 @@ def make_sysfs(root):
     amd_hwmon = os.path.join(drm, "card0", "device", "hwmon", "hwmon31")
     os.makedirs(amd_hwmon)
     for name, value in (("name", "amdgpu"), ("temp1_input", "61000"), ("temp1_label", "edge"),
-                        ("temp2_input", "74000"), ("temp2_label", "junction"), ("fan1_input", "1830"),
+                        ("temp2_input", "74000"), ("temp2_label", "junction"), ("temp2_crit", "110000"),
+                        ("fan1_input", "1830"),
                         ("pwm1", "102"), ("power1_average", "143000000")):
         with open(os.path.join(amd_hwmon, name), "w") as f:
+            f.write(value + "\n")
+    # an AMD APU (made up: no fixture has one): VRAM a 512 MiB carve-out, power1 the whole package
+    apu = os.path.join(drm, "card2", "device")
+    os.makedirs(os.path.join(apu, "hwmon", "hwmon32"))
+    for name, value in (("uevent", "DRIVER=amdgpu\nPCI_SLOT_NAME=0000:c4:00.0"), ("vendor", "0x1002"),
+                        ("device", "0x15bf"), ("gpu_busy_percent", "3"), ("mem_busy_percent", "1"),
+                        ("mem_info_vram_total", "536870912"), ("mem_info_vram_used", "402653184"),
+                        ("mem_info_gtt_total", "16106127360"), ("hwmon/hwmon32/name", "amdgpu"),
+                        ("hwmon/hwmon32/temp1_input", "45000"), ("hwmon/hwmon32/temp1_label", "edge"),
+                        ("hwmon/hwmon32/power1_input", "23000000")):
+        with open(os.path.join(apu, name), "w") as f:
             f.write(value + "\n")
     os.symlink(os.path.join(PROCFS_SYSFS, "bus"), os.path.join(root, "bus"))
     return root
