@@ -281,7 +281,7 @@ class _Device:
         self.link_max_generation = self.link_max_width = None
         self.sample_period = None            # s between the driver's process samples
         self.sample_last = {}                # pid -> µs timestamp of its last sample used
-        self.busy = {}                       # pid -> {engine: s}
+        self.busy = {}                       # pid -> [sm, memory, encoder, decoder] busy, in % x s
         self.fields_ok = set(FIELDS)         # field ids the driver has not refused
         self.xids = {}                       # xid -> count
         self.last_xid = None
@@ -607,6 +607,11 @@ class NvidiaSource:
     def read_devices(self, now):
         if not self.ensure(now):
             return NvidiaSnapshot()
+        self.rw.acquire_read()
+        try:
+            self._drain_xids()
+        finally:
+            self.rw.release_read()
         gpus = []
         for dev, gpu in self._each(now, self._read_gpu):
             gpus.append(gpu if gpu is not None else
@@ -736,7 +741,6 @@ class NvidiaSource:
         g.link_generation = self._get(dev, "nvmlDeviceGetCurrPcieLinkGeneration")
         g.link_width = self._get(dev, "nvmlDeviceGetCurrPcieLinkWidth")
         g.link_max_generation, g.link_max_width = dev.link_max_generation, dev.link_max_width
-        self._drain_xids()
         g.xid_errors, g.last_xid = dict(dev.xids), dev.last_xid
 
     # -- Xid errors ----------------------------------------------------------------------------
@@ -899,7 +903,9 @@ class NvidiaSource:
         if samples is not None:
             for proc in merged.values():
                 proc.utilization = samples.get(proc.pid) or {engine: 0.0 for engine, _ in ENGINES}
-                proc.engine_seconds = dict(dev.busy.setdefault(proc.pid, {engine: 0.0 for engine, _ in ENGINES}))
+                b = dev.busy.setdefault(proc.pid, [0.0, 0.0, 0.0, 0.0])
+                proc.engine_seconds = {"sm": b[0] / 100, "memory": b[1] / 100, "encoder": b[2] / 100,
+                                       "decoder": b[3] / 100}
         # bookkeeping of processes that left the GPU goes with them
         dev.busy = {pid: v for pid, v in dev.busy.items() if pid in merged}
         dev.sample_last = {pid: v for pid, v in dev.sample_last.items() if pid in merged}
@@ -930,23 +936,29 @@ class NvidiaSource:
                 return None
         if raw is None:
             return None
-        rows = sorted(r for r in _rows(raw, SAMPLE_FIELDS) if r[0] > dev.last_seen and max(r[2:]) <= 100)
+        seen = dev.last_seen
+        rows = sorted(r for r in _rows(raw, SAMPLE_FIELDS) if r[0] > seen and max(r[2:]) <= 100)
         # (older or garbage samples left out: the driver sometimes returns both)
         self._learn_period(dev, rows)
         period = dev.sample_period or DEFAULT_SAMPLE_PERIOD
-        newest = {}
-        for ts, pid, *values in rows:
-            newest[pid] = values
+        newest, last, busy = {}, dev.sample_last, dev.busy
+        for ts, pid, sm, mem, enc, dec in rows:
+            newest[pid] = (sm, mem, enc, dec)
             # each sample stands for the time since that process's previous one, at most one period
-            prev = dev.sample_last.get(pid)
-            dt = period if prev is None else min(period, (ts - prev) / 1e6)
-            dev.sample_last[pid] = ts
-            busy = dev.busy.setdefault(pid, {engine: 0.0 for engine, _ in ENGINES})
-            for (engine, _), v in zip(ENGINES, values):
-                busy[engine] += v / 100 * dt
+            prev = last.get(pid)
+            dt = period if prev is None else min(period, (ts - prev) * 1e-6)
+            last[pid] = ts
+            b = busy.get(pid)
+            if b is None:
+                b = busy[pid] = [0.0, 0.0, 0.0, 0.0]     # % x s per engine
+            b[0] += sm * dt
+            b[1] += mem * dt
+            b[2] += enc * dt
+            b[3] += dec * dt
         if rows:
             dev.last_seen = rows[-1][0]
-        return {pid: {engine: v / 100 for (engine, _), v in zip(ENGINES, values)} for pid, values in newest.items()}
+        return {pid: {"sm": v[0] / 100, "memory": v[1] / 100, "encoder": v[2] / 100, "decoder": v[3] / 100}
+                for pid, v in newest.items()}
 
     @staticmethod
     def _learn_period(dev, rows):
