@@ -168,6 +168,7 @@ COLLECTOR_TIERS = {
     "nvidia": "critical",
     "nvidia_pcie": "background",
     "amdgpu": "critical",
+    "intelgpu": "critical",
     "gpu_process": "important",
     "grafana_live": "critical",
 }

@@ -5,7 +5,7 @@ Used by the golden exposition and the README metric table, so both cover every c
 import os
 import shutil
 
-from conftest import PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
+from conftest import FIXTURES, PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
 
 FAKE_NVML = "tests.fakenvml.box"
 
@@ -49,7 +49,11 @@ def make_sysfs(root):
     os.symlink(os.path.join(SYSFS, "devices"), os.path.join(root, "devices"))
     drm = os.path.join(root, "class", "drm")
     os.makedirs(drm)
-    os.symlink(os.path.join(PROCFS_SYSFS, "class", "drm", "card1"), os.path.join(drm, "card1"))
+    # the Intel iGPU, with the GT frequency files i915 has beside its card
+    shutil.copytree(os.path.join(PROCFS_SYSFS, "class", "drm", "card1"), os.path.join(drm, "card1"), symlinks=True)
+    for name, value in (("gt_act_freq_mhz", "350"), ("gt_cur_freq_mhz", "350"), ("gt_max_freq_mhz", "1150")):
+        with open(os.path.join(drm, "card1", name), "w") as f:
+            f.write(value + "\n")
     shutil.copytree(os.path.join(PROCFS_SYSFS, "class", "drm", "card0"), os.path.join(drm, "card0"), symlinks=True)
     amd_hwmon = os.path.join(drm, "card0", "device", "hwmon", "hwmon31")
     os.makedirs(amd_hwmon)
@@ -81,6 +85,9 @@ def make_procfs(root):
         f.write("/dev/sda1 / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n/dev/sdb1 /data xfs rw 0 0\n")
     with open(os.path.join(root, "filesystems"), "w") as f:
         f.write("nodev\tsysfs\nnodev\tproc\n\text4\n\txfs\n")
+    # vim renders on the Intel iGPU (card1, 0000:00:02.0): a DRM client in its fdinfo
+    os.symlink("/dev/dri/renderD128", os.path.join(root, "26231", "fd", "9"))
+    shutil.copy(os.path.join(FIXTURES, "fdinfo", "i915-2022-engines.fdinfo"), os.path.join(root, "26231", "fdinfo", "9"))
     # a miner, copied from the vim process: the miner metric needs one to appear
     miner = os.path.join(root, "31337")
     shutil.copytree(os.path.join(root, "26231"), miner, symlinks=True)

@@ -316,3 +316,87 @@ def test_pyamdgpuinfo_is_not_used_while_a_card_sleeps(tmp_path):
         f.write("active\n")
     src.read()
     assert lib.detected == 1                     # every card awake: the library may look now
+
+
+# -- Intel ---------------------------------------------------------------------------------------------
+
+def intel_card(root, n, slot, driver, files=None, hwmon=None, card_files=None):
+    dev = os.path.join(root, "devices", "pci0000:00", slot)
+    os.makedirs(os.path.join(dev, "hwmon", "hwmon7"), exist_ok=True)
+    card = os.path.join(root, "class", "drm", f"card{n}")
+    os.makedirs(card, exist_ok=True)
+    if not os.path.lexists(os.path.join(card, "device")):
+        os.symlink(dev, os.path.join(card, "device"))
+    base = {"uevent": f"DRIVER={driver}\nPCI_ID=8086:56A0\nPCI_SLOT_NAME={slot}\n"}
+    for where, entries in ((dev, {**base, **(files or {})}), (os.path.join(dev, "hwmon", "hwmon7"), hwmon or {}),
+                           (card, card_files or {})):
+        for name, text in entries.items():
+            path = os.path.join(where, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+
+
+def test_intel_gpus_as_devices_from_sysfs_and_fdinfo(tmp_path):
+    from exporter.collectors.gpu import IntelGPUCollector
+    from exporter.sources import intelgpu
+    from exporter.sources.fdinfo import FdinfoReader
+    from test_gpu_fdinfo import FdTree, I915, XE, bump, sample
+
+    sysfs = str(tmp_path / "sys")
+    # an Arc dGPU on xe (hwmon, freq under tile0/gt0) and an iGPU on i915 (frequency beside the card)
+    intel_card(sysfs, 0, "0000:03:00.0", "xe", files={"tile0/gt0/freq0/act_freq": "2050\n",
+                                                     "tile0/gt0/freq0/max_freq": "2400\n"},
+               hwmon={"energy1_input": "5000000000\n", "power1_max": "190000000\n", "temp2_input": "48000\n",
+                      "temp2_label": "pkg\n", "fan1_input": "1200\n"})
+    intel_card(sysfs, 1, "0000:00:02.0", "i915", card_files={"gt_act_freq_mhz": "300\n", "gt_max_freq_mhz": "1150\n"})
+    t = FdTree(tmp_path / "proc")
+    t.proc(100, "game", {3: sample(XE)})
+    t.proc(200, "video", {5: sample(I915)})
+    t.proc(201, "video2", {5: sample(I915).replace("drm-client-id:  22", "drm-client-id:  23")})
+    col = IntelGPUCollector(intelgpu.IntelGPUSource(sysfs), fdinfo_reader=FdinfoReader(t.root))
+    reg = collect(col)
+    col.refresh(10.0)
+    arc, igpu = {"gpu": "0", "uuid": "0000:03:00.0"}, {"gpu": "1", "uuid": "0000:00:02.0"}
+    assert value(reg, "hoofhearted_gpu_info", name="Intel GPU 8086:56a0", vendor="intel", driver_version="",
+                 pci_bus_id="0000:03:00.0", **arc) == 1
+    assert value(reg, "hoofhearted_gpu_devices", vendor="intel") == 2
+    assert value(reg, "hoofhearted_gpu_clock_hertz", clock="graphics", **arc) == 2050e6
+    assert value(reg, "hoofhearted_gpu_clock_max_hertz", clock="graphics", **arc) == 2400e6
+    assert value(reg, "hoofhearted_gpu_clock_hertz", clock="graphics", **igpu) == 300e6
+    assert value(reg, "hoofhearted_gpu_energy_joules_total", **arc) == 5000
+    assert value(reg, "hoofhearted_gpu_power_limit_watts", **arc) == 190
+    assert value(reg, "hoofhearted_gpu_sensor_temperature_celsius", sensor="pkg", **arc) == 48
+    assert value(reg, "hoofhearted_gpu_fan_speed_rpm", fan="0", **arc) == 1200
+    assert value(reg, "hoofhearted_gpu_power_watts", **arc) is None          # one energy reading: no power yet
+    assert value(reg, "hoofhearted_gpu_utilization_ratio", **igpu) is None    # one fdinfo read: no rates yet
+    # 2 s later: 300 J used; the two i915 clients' render engines 0.5 and 0.75 s busy
+    with open(os.path.join(sysfs, "devices", "pci0000:00", "0000:03:00.0", "hwmon", "hwmon7", "energy1_input"),
+              "w") as f:
+        f.write("5300000000\n")
+    t.proc(100, "game", {3: bump(sample(XE), cycles_rcs=500, total_cycles_rcs=1000, total_cycles_bcs=1000,
+                                 total_cycles_vcs=1000, total_cycles_vecs=1000, total_cycles_ccs=1000)})
+    t.proc(200, "video", {5: bump(sample(I915), engine_render=500_000_000)})
+    t.proc(201, "video2", {5: bump(sample(I915).replace("drm-client-id:  22", "drm-client-id:  23"),
+                                   engine_render=1_500_000_000)})
+    col.refresh(12.0)
+    assert value(reg, "hoofhearted_gpu_power_watts", **arc) == 150
+    # summed over clients, capped at 1: 0.25 + 0.75
+    assert value(reg, "hoofhearted_gpu_engine_utilization_ratio", engine="render", **igpu) == 1.0
+    assert value(reg, "hoofhearted_gpu_utilization_ratio", **igpu) == 1.0
+    assert value(reg, "hoofhearted_gpu_engine_utilization_ratio", engine="rcs", **arc) == 0.5
+    assert value(reg, "hoofhearted_gpu_utilization_ratio", **arc) == 0.5
+
+
+def test_no_intel_gpu_reads_no_fds(tmp_path):
+    from exporter.collectors.gpu import IntelGPUCollector
+    from exporter.sources import intelgpu
+
+    class NoReads:
+        def read(self, now, pids=None):
+            raise AssertionError("fds read without an Intel GPU")
+
+    col = IntelGPUCollector(intelgpu.IntelGPUSource(str(tmp_path)), fdinfo_reader=NoReads())
+    reg = collect(col)
+    col.refresh(0.0)
+    assert value(reg, "hoofhearted_gpu_devices", vendor="intel") == 0

@@ -18,6 +18,7 @@ REGISTRY = {
     "nvidia": "exporter.collectors.gpu:NvidiaCollector",
     "nvidia_pcie": "exporter.collectors.gpu:NvidiaPcieCollector",
     "amdgpu": "exporter.collectors.gpu:AMDGPUCollector",
+    "intelgpu": "exporter.collectors.gpu:IntelGPUCollector",
     "gpu_process": "exporter.collectors.gpu:GPUProcessCollector",
     "grafana_live": "exporter.live:LivePusher",
 }

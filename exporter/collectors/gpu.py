@@ -12,7 +12,7 @@ import logging
 import threading
 
 from .. import config as cfgmod
-from ..sources import amdgpu, drm, fdinfo, nvidia, processes
+from ..sources import amdgpu, drm, fdinfo, intelgpu, nvidia, processes
 from .base import Collector, counter, gauge
 
 log = logging.getLogger("hoofhearted.gpu")
@@ -79,8 +79,8 @@ def _opt(family, labels, value):
         family.add_metric(labels, value)
 
 
-def device_families(nv=None, amd=None):
-    """Families for an NvidiaSnapshot and/or a list of AMDGPU (either may be None)."""
+def device_families(nv=None, amd=None, intel=None):
+    """Families for an NvidiaSnapshot, a list of AMDGPU and/or a list of IntelGPU (any may be None)."""
     gl = ["gpu", "uuid"]
     info = gauge("hoofhearted_gpu_info", "A GPU and its identity.",
                  gl + ["name", "vendor", "driver_version", "pci_bus_id"])
@@ -149,6 +149,9 @@ def device_families(nv=None, amd=None):
     xids = counter("hoofhearted_gpu_xid_errors", "Xid errors the GPU driver reported, per Xid code, since the "
                    "exporter started.", gl + ["xid"])
     last_xid = gauge("hoofhearted_gpu_last_xid_info", "The last Xid error the GPU reported.", gl + ["xid"])
+    engine_util = gauge("hoofhearted_gpu_engine_utilization_ratio",
+                        "Share of time a GPU engine was busy, summed over its DRM clients (0-1).", gl + ["engine"])
+    max_clock = gauge("hoofhearted_gpu_clock_max_hertz", "Highest clock the GPU may run at.", gl + ["clock"])
     if nv is not None:
         devices.add_metric(["nvidia"], len(nv.gpus))
         for g in nv.gpus:
@@ -216,11 +219,31 @@ def device_families(nv=None, amd=None):
             _opt(limit, lab, g.power_limit)
             for c, hz in g.clocks.items():
                 clock.add_metric(lab + [c], hz)
+    if intel is not None:
+        devices.add_metric(["intel"], len(intel))
+        for g in intel:
+            lab = [str(g.card), g.uuid]
+            info.add_metric(lab + [g.name, "intel", "", g.pci_bus_id], 1)
+            up.add_metric(lab, 1)
+            _opt(util, lab, g.utilization)
+            for e, r in sorted(g.engines.items()):
+                engine_util.add_metric(lab + [e], r)
+            for c, hz in g.clocks.items():
+                clock.add_metric(lab + [c], hz)
+            if g.max_clock is not None:
+                max_clock.add_metric(lab + ["graphics"], g.max_clock)
+            for s_, c in sorted(g.temperatures.items()):
+                sensor.add_metric(lab + [s_], c)
+            for f, v in sorted(g.fan_rpm.items()):
+                rpm.add_metric(lab + [f], v)
+            _opt(power, lab, g.power)
+            _opt(limit, lab, g.power_limit)
+            _opt(energy, lab, g.energy)
     return [info, up, devices, util, mem_util, used, total, temp, slow, shut, sensor, fan, rpm, power, limit,
             energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total, margin, sensor_crit,
             default_limit, max_limit, soc_power, pcie_tx, pcie_rx, replays, link_gen, link_gen_max, link_width,
             link_width_max, ecc, retired, retired_pending, remapped, remap_pending, remap_failed, event_time, xids,
-            last_xid]
+            last_xid, engine_util, max_clock]
 
 
 def _nvidia_health(g, lab, f):
@@ -344,6 +367,33 @@ class AMDGPUCollector(Collector):
         if self.snapshot is None:
             return ()
         return _hot((g.temperature for g in self.snapshot), thresholds)
+
+
+class IntelGPUCollector(Collector):
+    """Intel GPUs (i915, xe) as devices: sysfs frequency and hwmon, engines busy from fdinfo."""
+
+    name = "intelgpu"
+    tier = "critical"
+
+    def __init__(self, source, procfs="/proc", fdinfo_reader=None):
+        super().__init__()
+        self.source = source
+        self.fdinfo = fdinfo_reader or fdinfo.FdinfoReader(procfs)
+        self.tracker = fdinfo.UsageTracker()
+
+    @classmethod
+    def create(cls, config):
+        return cls(intelgpu.IntelGPUSource(config["paths"]["sysfs"]), config["paths"]["procfs"])
+
+    def update(self, now):
+        cards = self.source.cards()
+        usage = []
+        if cards:                   # no Intel GPU: no fd scan
+            keys = {c.key for c in cards}
+            clients = [c for c in self.fdinfo.read(now) if c.device in keys]
+            usage = self.tracker.update(clients, now)
+        gpus = self.snapshot = self.source.read(now, usage) if cards else []
+        return device_families(None, None, gpus)
 
 
 class GPUProcessCollector(Collector):
