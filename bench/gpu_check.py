@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -255,6 +256,8 @@ class Exporter:
         if self.url is None:
             self.stop()
             raise RuntimeError("the exporter did not start")
+        # keep reading its log so that a chatty exporter never blocks on a full pipe
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def stop(self):
         if self.proc.poll() is None:

@@ -475,6 +475,14 @@ def gpu():
         description="From the driver's byte counters; replays are packets resent after link errors."), 8, 8)
     b.add(timeseries("Fan speed", targets((f"hoofhearted_gpu_fan_speed_rpm{{{IG}}}", "GPU{{gpu}} fan {{fan}}")),
                      unit="rotrpm", minimum=0), 8, 8)
+    b.add(timeseries("NVLink", targets(
+        (f"hoofhearted_gpu_nvlink_links_active{{{IG}}}", "GPU{{gpu}} links up"),
+        (f"hoofhearted_gpu_nvlink_links{{{IG}}}", "GPU{{gpu}} links"),
+        (f"increase(hoofhearted_gpu_nvlink_errors_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} {{error}} errors")),
+        minimum=0,
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#C", custom__axisPlacement="right")],
+        description="Links up against links present; errors over all links."), 8, 8)
 
     b.row("Processes on the GPUs")
     b.add(table("GPU processes", targets(

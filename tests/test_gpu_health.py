@@ -400,3 +400,29 @@ def test_no_intel_gpu_reads_no_fds(tmp_path):
     reg = collect(col)
     col.refresh(0.0)
     assert value(reg, "hoofhearted_gpu_devices", vendor="intel") == 0
+
+
+def test_nvlink_links_up_and_errors():
+    from exporter.collectors.gpu import NvidiaPcieCollector
+    nv = scenarios.datacenter(clock=Clock())
+    src = NvidiaSource(nv)
+    nvc, pcie = NvidiaCollector(src), NvidiaPcieCollector(src)
+    reg = collect(nvc, pcie)
+    nvc.refresh(0.0)
+    pcie.refresh(0.0)
+    # nvidia-smi nvlink -s: 18 links at 26.562 GB/s on each GPU
+    assert value(reg, "hoofhearted_gpu_nvlink_links", **H100) == 18
+    assert value(reg, "hoofhearted_gpu_nvlink_links_active", **H100) == 18
+    assert value(reg, "hoofhearted_gpu_nvlink_errors_total", error="crc_data", **H100) == 0
+    nv._fake.gpus[0].nvlinks[5] = False
+    nv._fake.gpus[0].fields[45] = 3
+    nvc.refresh(10.0)
+    pcie.refresh(10.0)
+    assert value(reg, "hoofhearted_gpu_nvlink_links_active", **H100) == 17
+    assert value(reg, "hoofhearted_gpu_nvlink_links_active", **H200) == 18
+    assert value(reg, "hoofhearted_gpu_nvlink_errors_total", error="crc_data", **H100) == 3
+    # a GPU without NVLink: no series
+    g = NvidiaPcieCollector(NvidiaSource(scenarios.geforce(clock=Clock())))
+    greg = collect(g)
+    g.refresh(0.0)
+    assert series(greg, "hoofhearted_gpu_nvlink_links") == {}

@@ -149,6 +149,8 @@ def device_families(nv=None, amd=None, intel=None):
     xids = counter("hoofhearted_gpu_xid_errors", "Xid errors the GPU driver reported, per Xid code, since the "
                    "exporter started.", gl + ["xid"])
     last_xid = gauge("hoofhearted_gpu_last_xid_info", "The last Xid error the GPU reported.", gl + ["xid"])
+    nvlink_errors = counter("hoofhearted_gpu_nvlink_errors", "NVLink errors over all the GPU's links: "
+                            "crc_data, replay, recovery.", gl + ["error"])
     engine_util = gauge("hoofhearted_gpu_engine_utilization_ratio",
                         "Share of time a GPU engine was busy, summed over its DRM clients (0-1).", gl + ["engine"])
     max_clock = gauge("hoofhearted_gpu_clock_max_hertz", "Highest clock the GPU may run at.", gl + ["clock"])
@@ -243,7 +245,7 @@ def device_families(nv=None, amd=None, intel=None):
             energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total, margin, sensor_crit,
             default_limit, max_limit, soc_power, pcie_tx, pcie_rx, replays, link_gen, link_gen_max, link_width,
             link_width_max, ecc, retired, retired_pending, remapped, remap_pending, remap_failed, event_time, xids,
-            last_xid, engine_util, max_clock]
+            last_xid, engine_util, max_clock, nvlink_errors]
 
 
 def _nvidia_health(g, lab, f):
@@ -275,6 +277,8 @@ def _nvidia_health(g, lab, f):
         f["xids"].add_metric(lab + [str(xid)], n)
     if g.last_xid is not None:
         f["last_xid"].add_metric(lab + [str(g.last_xid)], 1)
+    for error, n in sorted(g.nvlink_errors.items()):
+        f["nvlink_errors"].add_metric(lab + [error], n)
 
 
 def _hot(temperatures, thresholds):
@@ -334,12 +338,18 @@ class NvidiaPcieCollector(Collector):
 
     def update(self, now):
         readings = self.snapshot = self.source.read_pcie(now) if self.source else []
-        rx = gauge("hoofhearted_gpu_pcie_receive_bytes_per_second", "PCIe traffic into the GPU.", ["gpu", "uuid"])
-        tx = gauge("hoofhearted_gpu_pcie_transmit_bytes_per_second", "PCIe traffic out of the GPU.", ["gpu", "uuid"])
+        gl = ["gpu", "uuid"]
+        rx = gauge("hoofhearted_gpu_pcie_receive_bytes_per_second", "PCIe traffic into the GPU.", gl)
+        tx = gauge("hoofhearted_gpu_pcie_transmit_bytes_per_second", "PCIe traffic out of the GPU.", gl)
+        links = gauge("hoofhearted_gpu_nvlink_links", "NVLink links the GPU has.", gl)
+        active = gauge("hoofhearted_gpu_nvlink_links_active", "NVLink links that are up.", gl)
         for r in readings:
-            _opt(rx, [str(r.index), r.uuid], r.receive)
-            _opt(tx, [str(r.index), r.uuid], r.transmit)
-        return [rx, tx]
+            lab = [str(r.index), r.uuid]
+            _opt(rx, lab, r.receive)
+            _opt(tx, lab, r.transmit)
+            _opt(links, lab, r.nvlinks)
+            _opt(active, lab, r.nvlinks_active)
+        return [rx, tx, links, active]
 
     def close(self):
         release_source(self.source)

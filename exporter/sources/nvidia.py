@@ -44,12 +44,15 @@ FI_PERF_POLICY_POWER, FI_PERF_POLICY_THERMAL, FI_PERF_POLICY_SYNC_BOOST = 74, 75
 FI_MEMORY_TEMP, FI_PCIE_REPLAY = 82, 94
 FI_REMAPPED_COR, FI_REMAPPED_UNC, FI_REMAPPED_PENDING, FI_REMAPPED_FAILURE = 142, 143, 144, 145
 FI_SHUTDOWN_TLIMIT, FI_SLOWDOWN_TLIMIT = 193, 194
+FI_NVLINK_CRC_DATA, FI_NVLINK_REPLAY, FI_NVLINK_RECOVERY = 45, 52, 59      # totals over all links
 FI_PCIE_TX_BYTES, FI_PCIE_RX_BYTES = 197, 198
 FIELDS = (FI_MEMORY_TEMP, FI_SHUTDOWN_TLIMIT, FI_SLOWDOWN_TLIMIT, FI_PCIE_TX_BYTES, FI_PCIE_RX_BYTES,
           FI_PCIE_REPLAY, FI_ECC_SBE_VOL, FI_ECC_DBE_VOL, FI_ECC_SBE_AGG, FI_ECC_DBE_AGG,
           FI_RETIRED_SBE, FI_RETIRED_DBE, FI_RETIRED_PENDING, FI_REMAPPED_COR, FI_REMAPPED_UNC,
           FI_REMAPPED_PENDING, FI_REMAPPED_FAILURE, FI_PERF_POLICY_POWER, FI_PERF_POLICY_THERMAL,
-          FI_PERF_POLICY_SYNC_BOOST)
+          FI_PERF_POLICY_SYNC_BOOST, FI_NVLINK_CRC_DATA, FI_NVLINK_REPLAY, FI_NVLINK_RECOVERY)
+NVLINK_ERRORS = (("crc_data", FI_NVLINK_CRC_DATA), ("replay", FI_NVLINK_REPLAY), ("recovery", FI_NVLINK_RECOVERY))
+MAX_NVLINKS = 36
 # clock-event time counters (ns, as the driver counts them; nvidia-smi shows µs)
 EVENT_TIME = (("sw_power_cap", FI_PERF_POLICY_POWER), ("sw_thermal_slowdown", FI_PERF_POLICY_THERMAL),
               ("sync_boost", FI_PERF_POLICY_SYNC_BOOST))
@@ -147,6 +150,7 @@ class NvidiaGPU:
     clock_event_seconds: dict = field(default_factory=dict)   # reason -> s
     xid_errors: dict = field(default_factory=dict)    # xid -> count since the exporter started
     last_xid: int = None
+    nvlink_errors: dict = field(default_factory=dict)  # "crc_data"/"replay"/"recovery" -> count
 
 
 @dataclass
@@ -179,6 +183,8 @@ class PcieReading:
     uuid: str
     receive: float = None               # bytes/s
     transmit: float = None
+    nvlinks: int = None                 # NVLink links the GPU has
+    nvlinks_active: int = None
 
 
 SAMPLE_FIELDS = ("timeStamp", "pid") + tuple(attr for _, attr in ENGINES)
@@ -286,6 +292,7 @@ class _Device:
         self.xids = {}                       # xid -> count
         self.last_xid = None
         self.pcie_counters = False           # byte counters read: no 20 ms throughput window needed
+        self.nvlinks = []                    # NVLink link numbers the driver answers for
 
     @property
     def key(self):
@@ -582,6 +589,15 @@ class NvidiaSource:
         dev.power_max = None if not limits else limits[1] / 1000
         dev.link_max_generation = self._get(dev, "nvmlDeviceGetMaxPcieLinkGeneration")
         dev.link_max_width = self._get(dev, "nvmlDeviceGetMaxPcieLinkWidth")
+        dev.nvlinks = []
+        for link in range(MAX_NVLINKS):     # links are numbered from 0; the first that errs ends them
+            try:
+                self.nvml.nvmlDeviceGetNvLinkState(dev.handle, link)
+            except self.nvml.NVMLError as e:
+                if _error_code(e) in LOST:
+                    raise _Lost() from None
+                break
+            dev.nvlinks.append(link)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -737,6 +753,8 @@ class NvidiaSource:
         for reason, fid in EVENT_TIME:
             if fid in f:
                 g.clock_event_seconds[reason] = f[fid] / 1e9
+        if dev.nvlinks:
+            g.nvlink_errors = {name: f[fid] for name, fid in NVLINK_ERRORS if fid in f}
         g.power_default_limit, g.power_max_limit = dev.power_default, dev.power_max
         g.link_generation = self._get(dev, "nvmlDeviceGetCurrPcieLinkGeneration")
         g.link_width = self._get(dev, "nvmlDeviceGetCurrPcieLinkWidth")
@@ -830,12 +848,17 @@ class NvidiaSource:
         nvml = self.nvml
 
         def read(dev):
-            if dev.pcie_counters:
-                return None
-            tx = self._get(dev, "nvmlDeviceGetPcieThroughput", nvml.NVML_PCIE_UTIL_TX_BYTES, key="pcie_tx")
-            rx = self._get(dev, "nvmlDeviceGetPcieThroughput", nvml.NVML_PCIE_UTIL_RX_BYTES, key="pcie_rx")
-            return PcieReading(dev.index, dev.uuid, None if rx is None else rx * KIB,
-                               None if tx is None else tx * KIB)
+            r = PcieReading(dev.index, dev.uuid)
+            if not dev.pcie_counters:
+                tx = self._get(dev, "nvmlDeviceGetPcieThroughput", nvml.NVML_PCIE_UTIL_TX_BYTES, key="pcie_tx")
+                rx = self._get(dev, "nvmlDeviceGetPcieThroughput", nvml.NVML_PCIE_UTIL_RX_BYTES, key="pcie_rx")
+                r.receive, r.transmit = (None if rx is None else rx * KIB), (None if tx is None else tx * KIB)
+            if dev.nvlinks:
+                states = [self._get(dev, "nvmlDeviceGetNvLinkState", link, key=f"nvlink{link}")
+                          for link in dev.nvlinks]
+                r.nvlinks = len(dev.nvlinks)
+                r.nvlinks_active = sum(1 for s in states if s)
+            return r
 
         return [r for _, r in self._each(now, read) if r is not None]
 

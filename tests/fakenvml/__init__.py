@@ -138,6 +138,7 @@ class FakeGPU:
         self.link = Err(NOT_SUPPORTED)         # (current gen, max gen, current width, max width)
         self.events = XID_EVENT                # event types the GPU supports
         self.xids = collections.deque()        # Xid codes queued for the event set
+        self.nvlinks = []                      # per link: True when up
         self.lost = False
         for k, v in kw.items():
             if not hasattr(self, k):
@@ -485,6 +486,14 @@ class FakeLibrary:
 
     def nvmlDeviceGetMaxPcieLinkWidth(self, handle, ref):
         return self._link(handle, ref, 3)
+
+    def nvmlDeviceGetNvLinkState(self, handle, link, ref):
+        def get(g):
+            i = _val(link)
+            if not g.nvlinks:
+                return Err(NOT_SUPPORTED)
+            return int(g.nvlinks[i]) if 0 <= i < len(g.nvlinks) else Err(INVALID_ARGUMENT)
+        return self._scalar(handle, ref, get)
 
     # -- events ------------------------------------------------------------------------------
 

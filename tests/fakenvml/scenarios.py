@@ -14,7 +14,8 @@ What the captures cannot give is marked where it is made up:
   process with '-' everywhere has no sample at all;
 - the PCIe byte counters (NVML_FI_DEV_PCIE_COUNT_*_BYTES) start at 1 TiB / 2 TiB and grow with the
   captured throughput; the clock-event time counters are the captured µs in ns;
-- fan rpm is not in the captures: no scenario has it unless a test sets it.
+- fan rpm is not in the captures: no scenario has it unless a test sets it;
+- a GPU with links in `nvidia-smi nvlink -s` has NVLink error counters of 0.
 
 Tests start the exporter with ``gpu.nvml_module: tests.fakenvml.<scenario>``. Two environment
 variables, read only here, adapt a scenario to the test machine: FAKENVML_PIDS
@@ -22,6 +23,7 @@ variables, read only here, adapt a scenario to the test machine: FAKENVML_PIDS
 FAKENVML_CONTROL names a file listing the indexes of GPUs that have fallen off the bus.
 """
 import os
+import re
 import time
 
 from . import NO_INSTANCE, NOT_AVAILABLE, NOT_SUPPORTED, Err, FakeGPU, FakeMig, build, without_library
@@ -147,6 +149,13 @@ def gpu_from_capture(name, state="load", gpu=0, index=0, uuid=None):
             if any(v is not None for v in values):
                 samples[s["pid"]] = tuple(v or 0 for v in values)
         g.samples.append(samples)
+    try:
+        links = re.findall(r"^\s+Link (\d+): (.*)$", cap.section("capabilities :: nvlink -s"), re.M)
+    except KeyError:
+        links = []
+    g.nvlinks = [not v.strip().startswith("<inactive>") for _, v in links]
+    if g.nvlinks:
+        g.fields.update({45: 0, 52: 0, 59: 0})
     if not isinstance(mig_mode, Err) and mig_mode[0]:
         profiles = {(gi, i): (prof, mig_uuid) for gi, i, prof, mig_uuid in cap.mig_profiles()}
         for m in q_mig_devices(block):
