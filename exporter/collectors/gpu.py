@@ -154,6 +154,12 @@ def device_families(nv=None, amd=None, intel=None):
     engine_util = gauge("hoofhearted_gpu_engine_utilization_ratio",
                         "Share of time a GPU engine was busy, summed over its DRM clients (0-1).", gl + ["engine"])
     max_clock = gauge("hoofhearted_gpu_clock_max_hertz", "Highest clock the GPU may run at.", gl + ["clock"])
+    health = {"margin": margin, "sensor": sensor, "default_limit": default_limit, "max_limit": max_limit,
+              "pcie_tx": pcie_tx, "pcie_rx": pcie_rx, "replays": replays, "link_gen": link_gen,
+              "link_gen_max": link_gen_max, "link_width": link_width, "link_width_max": link_width_max, "ecc": ecc,
+              "retired": retired, "retired_pending": retired_pending, "remapped": remapped,
+              "remap_pending": remap_pending, "remap_failed": remap_failed, "event_time": event_time, "xids": xids,
+              "last_xid": last_xid, "nvlink_errors": nvlink_errors}
     if nv is not None:
         devices.add_metric(["nvidia"], len(nv.gpus))
         for g in nv.gpus:
@@ -176,7 +182,7 @@ def device_families(nv=None, amd=None, intel=None):
             _opt(power, lab, g.power)
             _opt(limit, lab, g.power_limit)
             _opt(energy, lab, g.energy)
-            _nvidia_health(g, lab, locals())
+            _nvidia_health(g, lab, health)
             for c, hz in g.clocks.items():
                 clock.add_metric(lab + [c], hz)
             for r, v in g.clock_events.items():
@@ -249,7 +255,7 @@ def device_families(nv=None, amd=None, intel=None):
 
 
 def _nvidia_health(g, lab, f):
-    """The health families of one NVIDIA GPU (f: device_families' families by variable name)."""
+    """The health families of one NVIDIA GPU (f: those families by name)."""
     _opt(f["margin"], lab, g.margin)
     if g.memory_temperature is not None:
         f["sensor"].add_metric(lab + ["mem"], g.memory_temperature)
