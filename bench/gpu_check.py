@@ -174,7 +174,8 @@ def compare(gpus, apps, metrics):
             else:
                 r.status = "agree" if _close(theirs, ours, absolute, relative) else "differ"
             results.append(r)
-    shown = {(labels.get("uuid"), labels.get("pid")) for labels, _ in metrics.get("hoofhearted_gpu_process_memory_bytes", ())}
+    shown = {(labels.get("uuid"), labels.get("pid"))
+             for labels, _ in metrics.get("hoofhearted_gpu_process_memory_bytes", ())}
     counted = {labels.get("uuid") for labels, _ in metrics.get("hoofhearted_gpu_processes", ())}
     for app in apps:
         uuid, pid = app.get("gpu_uuid", ""), app.get("pid", "")

@@ -1,7 +1,6 @@
 """`make gpu-check`'s comparison (bench/gpu_check.py) on the nvidia-smi captures: the exporter on the
 fake NVML built from a capture against that capture's own nvidia-smi output, and what it reports
 when the two disagree."""
-import os
 import sys
 import tempfile
 

@@ -1,6 +1,5 @@
 """GPU health on the fake NVML: Xid events, ECC, remapped rows, PCIe link, fans and limits, engine
 busy time as counters; AMD sysfs extras. Values come from the captures (tests/fixtures/nvidia)."""
-import logging
 import os
 import sys
 
@@ -16,7 +15,7 @@ if ROOT not in sys.path:
 from exporter.collectors.gpu import AMDGPUCollector, GPUProcessCollector, NvidiaCollector  # noqa: E402
 from exporter.sources import amdgpu, processes  # noqa: E402
 from exporter.sources.nvidia import NvidiaSource  # noqa: E402
-from tests.fakenvml import NOT_SUPPORTED, Err, scenarios  # noqa: E402
+from tests.fakenvml import NOT_SUPPORTED, scenarios  # noqa: E402
 
 H100 = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000"}
 H200 = {"gpu": "1", "uuid": "GPU-00000000-0000-0000-0000-000000000001"}

@@ -124,7 +124,8 @@ def device_families(nv=None, amd=None, intel=None):
     max_limit = gauge("hoofhearted_gpu_power_max_limit_watts", "Highest power limit the GPU accepts.", gl)
     soc_power = gauge("hoofhearted_gpu_soc_power_watts",
                       "Power of a whole APU package (GPU and CPU cores together), as its GPU driver reports it.", gl)
-    pcie_tx = counter("hoofhearted_gpu_pcie_transmit_bytes", "Bytes the GPU sent over PCIe since its driver loaded.", gl)
+    pcie_tx = counter("hoofhearted_gpu_pcie_transmit_bytes",
+                      "Bytes the GPU sent over PCIe since its driver loaded.", gl)
     pcie_rx = counter("hoofhearted_gpu_pcie_receive_bytes",
                       "Bytes the GPU received over PCIe since its driver loaded.", gl)
     replays = counter("hoofhearted_gpu_pcie_replays", "PCIe packets the GPU link had to resend (link errors).", gl)
