@@ -299,7 +299,6 @@ def _hot(temperatures, thresholds):
 
 class NvidiaCollector(Collector):
     name = "nvidia"
-    tier = "critical"
     escalates = True
 
     def __init__(self, source, absent=None):
@@ -333,7 +332,6 @@ class NvidiaPcieCollector(Collector):
     """PCIe throughput: each reading holds the driver for a 20 ms window, hence its own slow tier."""
 
     name = "nvidia_pcie"
-    tier = "background"
 
     def __init__(self, source):
         super().__init__()
@@ -365,7 +363,6 @@ class NvidiaPcieCollector(Collector):
 
 class AMDGPUCollector(Collector):
     name = "amdgpu"
-    tier = "critical"
     escalates = True
 
     def __init__(self, source):
@@ -390,7 +387,6 @@ class IntelGPUCollector(Collector):
     """Intel GPUs (i915, xe) as devices: sysfs frequency and hwmon, engines busy from fdinfo."""
 
     name = "intelgpu"
-    tier = "critical"
 
     def __init__(self, source, procfs="/proc", fdinfo_reader=None):
         super().__init__()
@@ -422,8 +418,8 @@ class GPUProcessCollector(Collector):
     """
 
     name = "gpu_process"
-    tier = "important"
     escalates = True
+    follows = "process"     # runs right after it on one /proc pass when both share a tier
 
     def __init__(self, source=None, procfs="/proc", sysfs="/sys", top_n=10, max_groups=10, scanner=None,
                  fdinfo_reader=None):
@@ -442,6 +438,8 @@ class GPUProcessCollector(Collector):
     def create(cls, config):
         paths, g = config["paths"], config["gpu"]
         src = nvidia_source(config) if config["collectors"]["nvidia"]["enabled"] else None
+        if src is None and not any(c.driver not in fdinfo.SKIP_DRIVERS for c in drm.list_cards(paths["sysfs"])):
+            return None     # no GPU: nothing to look for in every process's file descriptors
         return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
                    processes.shared(paths["procfs"], paths["rootfs"]))
 
