@@ -68,6 +68,7 @@ class VerdictStage(RenderedParts):
         self._body = None
         self._seen = None
         self._said_sensors = False
+        self._cache = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
@@ -94,7 +95,7 @@ class VerdictStage(RenderedParts):
         pending = {j.name for j in jobs if j.last_success is None}
         failing = {j.name for j in jobs if j.last_success is not None and j.collector not in fresh}
         report = verdict.compute(fresh, host=self.host, wall=self.wall, reason=self.reason, pending=pending,
-                                 failing=failing)
+                                 failing=failing, cache=self._cache)
         self._say_sensors(report, jobs)
         body = json.dumps(report, separators=(",", ":")).encode("utf-8")
         with self._lock:
