@@ -589,6 +589,9 @@ class NvidiaSource:
         dev.power_max = None if not limits else limits[1] / 1000
         dev.link_max_generation = self._get(dev, "nvmlDeviceGetMaxPcieLinkGeneration")
         dev.link_max_width = self._get(dev, "nvmlDeviceGetMaxPcieLinkWidth")
+        probe = self._get(dev, "nvmlDeviceGetFieldValues", [FI_PCIE_TX_BYTES, FI_PCIE_RX_BYTES], key="pcie_probe")
+        # known before the first PCIe refresh, so no GPU with counters takes a 20 ms throughput window
+        dev.pcie_counters = bool(probe) and all(v.nvmlReturn == SUCCESS for v in probe)
         dev.nvlinks = []
         for link in range(MAX_NVLINKS):     # links are numbered from 0; the first that errs ends them
             try:
