@@ -3,8 +3,10 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS    = prometheus prometheus-alertmanager prometheus-node-exporter prometheus-process-exporter
-TOOLS   = prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-process-exporter
+DEBS    = prometheus prometheus-alertmanager prometheus-node-exporter prometheus-process-exporter \
+          chromium chromium-driver
+TOOLS   = prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-process-exporter \
+          chromium chromedriver
 
 # The GPU tests run twice: at the newest nvidia-ml-py (.venv) and at the lowest pyproject allows.
 NVML_FLOOR = $(shell sed -n 's/.*"nvidia-ml-py>=\([0-9.]*\)".*/\1/p' pyproject.toml)
@@ -24,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian's Prometheus stack: promtool and amtool for rule checks, real servers for end-to-end tests,
-# node_exporter and process-exporter as reference points.
+# node_exporter and process-exporter as reference points; Chromium and its driver for the live page.
 deps:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
