@@ -218,7 +218,8 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
         # every reading of both simulators, in the families hwmon uses
         for chip, snap in (("bmc-lab", IPMI_SNAPSHOT), ("bmc-rf", SUSHY_SNAPSHOT)):
             for t in snap.temperatures:
-                assert sample(m, "hoofhearted_temperature_celsius", chip=chip, sensor=t.sensor, label=t.label) == t.celsius
+                assert sample(m, "hoofhearted_temperature_celsius", chip=chip, sensor=t.sensor,
+                              label=t.label) == t.celsius
                 if t.max_celsius is not None:
                     assert sample(m, "hoofhearted_temperature_max_celsius", chip=chip, sensor=t.sensor,
                                   label=t.label) == t.max_celsius
