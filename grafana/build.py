@@ -627,7 +627,8 @@ def fleet():
 
 def exporter():
     b = Board("hoofhearted-exporter", "Exporter health", "Is hoofhearted itself healthy: collector success, "
-              "refresh durations, tier intervals, scrape latency, Grafana Live pushes.", [INSTANCES], [])
+              "BMCs answering, refresh durations, tier intervals, scrape latency, Grafana Live pushes.",
+              [INSTANCES], [])
     b.add(stat("Up", targets((f"up{{{I}}}", "{{instance}}")), graph="none", mappings=[
         {"type": "value", "options": {"0": {"color": "red", "index": 0, "text": "down"},
                                       "1": {"color": "green", "index": 1, "text": "up"}}}]), 8, 4)
@@ -642,6 +643,11 @@ def exporter():
         (f"hoofhearted_collector_success{{{I}}}", "{{instance}} {{collector}}")), OK_BAD,
         steps=thresholds(("red", None), ("green", 1)),
         description="Red: the last refresh failed, or is hanging past its timeout."), 24, 8)
+    b.add(state_timeline("BMCs answering", targets(
+        (f"hoofhearted_bmc_up{{{I}}}", "{{instance}} {{bmc}}")), OK_BAD,
+        steps=thresholds(("red", None), ("green", 1)),
+        description="Red: a BMC (IPMI or Redfish) failed or did not answer in time; the exporter's log says "
+                    "why. Empty where no BMC is read."), 24, 6)
     b.add(timeseries("Refresh duration", targets(
         (f"hoofhearted_collector_duration_seconds{{{I}}}", "{{instance}} {{collector}}")), unit="s"), 12, 8)
     b.add(timeseries("Refresh interval (tier, shorter while escalated)", targets(
