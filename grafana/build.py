@@ -355,18 +355,13 @@ def home():
         (f"hoofhearted_culprit_info{{{I}}}", ""),
         (f"hoofhearted_culprit_cpu_usage_cores{{{I}}}", ""),
         (f"hoofhearted_culprit_processes{{{I}}}", ""),
-        (f"hoofhearted_culprit_memory_bytes{{{I}}}", ""),
-        (f"max without (gpu) (hoofhearted_culprit_gpu_utilization_ratio{{{I}}})", ""), table=True),
+        (f"hoofhearted_culprit_memory_bytes{{{I}}}", ""), table=True),
         merge_table({"Value #B": "Cores", "Value #C": "Processes", "Value #D": "Memory",
-                     "Value #E": "GPU share", "rank": "Rank", "kind": "Kind", "name": "Name", "user": "User",
-                     "owner": "Owner", "pid": "PID"},
+                     "rank": "Rank", "kind": "Kind", "name": "Name", "user": "User", "owner": "Owner", "pid": "PID"},
                     hide=("Time", "job", "instance", "Value #A"),
-                    order=("rank", "kind", "name", "user", "owner", "pid", "Value #C", "Value #B", "Value #E",
-                           "Value #D")),
+                    order=("rank", "kind", "name", "user", "owner", "pid", "Value #C", "Value #B", "Value #D")),
         overrides=[override("Cores", unit=CORES, decimals=2, custom__cellOptions={"mode": "basic", "type": "gauge"}),
-                   override("Memory", unit="bytes"),
-                   override("GPU share", unit="percentunit",
-                            custom__cellOptions={"mode": "basic", "type": "gauge"}, min=0, max=1)],
+                   override("Memory", unit="bytes")],
         no_data="Still measuring",
         description="The exporter's ranked culprits: a process (with its pid), a group of same-named "
                     "processes of one user, or an owner (container, pod, systemd unit)."), 18, 8)
@@ -609,7 +604,8 @@ def fleet():
         unit="celsius", legend="list", placement="bottom"), 12, 8)
     b.add(timeseries("Fastest fan per host (share of max)", targets(
         (top_over_range(f"instance:hoofhearted_fan_speed:max_ratio{{{I}}}"), "{{instance}}")),
-        unit="percentunit", minimum=0, maximum=1, legend="list", placement="bottom"), 12, 8)
+        unit="percentunit", minimum=0, maximum=1, legend="list", placement="bottom",
+        no_data="No fan readings from the selected hosts (virtual machines, or fans only on a BMC)"), 12, 8)
     b.add(timeseries("CPU busy per host", targets((top_over_range(CPU_BUSY), "{{instance}}")), unit="percentunit",
                      minimum=0, maximum=1, legend="list", placement="bottom"), 12, 8)
     b.add(timeseries("Busiest GPU per host", targets(

@@ -150,11 +150,10 @@ def test_home_answers_the_question_from_its_top_rows():
     second = [p for p in home["panels"] if p["gridPos"]["y"] == 4]
     verdict = next(p for p in second if p["type"] == "table")
     cols = verdict["transformations"][-1]["options"]["renameByName"]
-    assert {"Rank", "Kind", "Name", "User", "Owner", "PID", "Processes", "Cores", "GPU share", "Memory"} <= \
-        set(cols.values())
+    assert {"Rank", "Kind", "Name", "User", "Owner", "PID", "Processes", "Cores", "Memory"} <= set(cols.values())
     assert {m for t in verdict["targets"] for m in metric_names(t["expr"])} == {
         "hoofhearted_culprit_info", "hoofhearted_culprit_cpu_usage_cores", "hoofhearted_culprit_processes",
-        "hoofhearted_culprit_memory_bytes", "hoofhearted_culprit_gpu_utilization_ratio"}
+        "hoofhearted_culprit_memory_bytes"}
     culprit = next(p for p in second if p["type"] == "stat")
     assert "{{name}}" in culprit["targets"][0]["legendFormat"] and "{{user}}" in culprit["targets"][0]["legendFormat"]
     assert 'rank="1"' in culprit["targets"][0]["expr"] and "hoofhearted_culprit_info" in culprit["targets"][0]["expr"]
