@@ -37,7 +37,9 @@ for _ in range(len(os.sched_getaffinity(0)) - 1):
 burn()
 """ % BURNER_NAME.encode()
 
-CPU_ALERTS = ("CPUUsageHigh", "ProcessHoggingCPU")
+# The alert about the process itself: CPUUsageHigh would name it too, but on a shared machine the
+# whole CPU may stay busy after the burner stops.
+CPU_ALERTS = ("ProcessHoggingCPU",)
 GRAFANA = "http://grafana.test:3000"
 SLACK_PATH = "/services/T000/B000/slack-secret"
 DISCORD_PATH = "/api/webhooks/4242/discord-secret/slack"  # Discord's Slack-compatible endpoint
@@ -164,7 +166,7 @@ def test_cpu_burner_reaches_slack_and_discord_by_name(require_tool, start_export
             return (slack, discord) if slack and discord else None
 
         (alertname, slack), (_, discord) = wait_for(
-            f"Slack and Discord messages naming {BURNER_NAME}", named_on_both, 60, logs())
+            f"Slack and Discord messages naming {BURNER_NAME}", named_on_both, 150, logs())
         with open(f"/proc/{burner.pid}/comm") as f:
             assert f.read().strip() == BURNER_NAME
         level = "WARNING"
@@ -193,7 +195,7 @@ def test_cpu_burner_reaches_slack_and_discord_by_name(require_tool, start_export
             assert att["text"].startswith("• resolved: ")
             assert "Runbook" not in att["text"]
         assert "Notify for alerts failed" not in am.log
-        assert time.monotonic() - started < 120
+        assert time.monotonic() - started < 240
     finally:
         if burner is not None and burner.poll() is None:
             burner.kill()
