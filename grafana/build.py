@@ -455,9 +455,15 @@ def gpu():
     b.add(timeseries("Power vs limit", targets(
         (f"hoofhearted_gpu_power_watts{{{IG}}}", "power"),
         (f"hoofhearted_gpu_power_limit_watts{{{IG}}}", "limit"),
-        (f"rate(hoofhearted_gpu_energy_joules_total{{{IG}}}[$__rate_interval])", "from energy")),
+        (f"rate(hoofhearted_gpu_energy_joules_total{{{IG}}}[$__rate_interval])", "from energy"),
+        (f"hoofhearted_gpu_power_default_limit_watts{{{IG}}}", "default limit"),
+        (f"hoofhearted_gpu_power_max_limit_watts{{{IG}}}", "max limit"),
+        (f"hoofhearted_gpu_soc_power_watts{{{IG}}}", "APU package")),
         unit="watt", minimum=0, no_data=NO_GPUS,
-        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0)]),
+        description="An APU reports the power of its whole package (CPU cores included), shown apart.",
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#D", custom__lineStyle={"dash": [4, 4], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#E", custom__lineStyle={"dash": [2, 6], "fill": "dash"}, custom__fillOpacity=0)]),
         8, 8)
     b.add(timeseries("Clocks", targets((f"hoofhearted_gpu_clock_hertz{{{IG}}}", "{{clock}}")),
                      unit="hertz", no_data=NO_GPUS), 8, 8)
@@ -472,12 +478,77 @@ def gpu():
         (f"hoofhearted_gpu_pcie_transmit_bytes_per_second{{{IG}}}", "PCIe tx")), no_data=NO_GPUS,
         overrides=[override("#B", unit="Bps", custom__axisPlacement="right"),
                    override("#C", unit="Bps", custom__axisPlacement="right")],
-        description="P0 is full speed, P8 idle."), 12, 8)
+        description="P0 is full speed, P8 idle. PCIe throughput only for GPUs without PCIe byte counters."),
+        12, 8)
     b.add(timeseries("GPU share by process (stacked)", targets((GPU_PROC_SHARE, PROC_LEGEND)),
                      unit="percentunit", stack=True, minimum=0, no_data="No process on this GPU"), 12, 8)
     b.add(timeseries("GPU memory by process (stacked)", targets(
         (f"hoofhearted_gpu_process_memory_bytes{{{IG}}}", PROC_LEGEND)), unit="bytes", stack=True,
         minimum=0, no_data="No process on this GPU"), 12, 8)
+    b.add(timeseries("GPU busy time by process name (stacked)", targets(
+        (f'sum without (engine, uuid) (rate(hoofhearted_gpu_process_group_engine_seconds_total{{{IG}, '
+         f'engine!="memory"}}[$__rate_interval]))', "{{group}}")),
+        unit="percentunit", stack=True, minimum=0, no_data="No process on this GPU",
+        description="Engine busy time from counters, summed over the engines of each process name: exact over "
+                    "any window, however far apart the scrapes."), 24, 8)
+    # health
+    b.add(timeseries("Throttled time by reason", targets(
+        (f"rate(hoofhearted_gpu_clock_event_seconds_total{{{IG}}}[$__rate_interval])", "{{reason}}")),
+        unit="percentunit", minimum=0, no_data="No throttling counters from this GPU's driver",
+        description="Share of time the clocks were held down, from the driver's counters: throttling "
+                    "between two scrapes shows too."), 12, 8)
+    b.add(timeseries("Temperature margin and memory temperature", targets(
+        (f"hoofhearted_gpu_temperature_margin_celsius{{{IG}}}", "margin to T.Limit"),
+        (f'hoofhearted_gpu_sensor_temperature_celsius{{{IG}, sensor="mem"}}', "memory"),
+        (f"hoofhearted_gpu_sensor_temperature_critical_celsius{{{IG}}}", "{{sensor}} critical")),
+        unit="celsius", no_data="This GPU reports neither a margin nor a memory temperature",
+        description="Margin: degrees left before the GPU reaches its limit; near 0 it slows down."), 12, 8)
+    b.add(table("Xid errors", targets(
+        (f"hoofhearted_gpu_xid_errors_total{{{IG}}}", ""), table=True),
+        merge_table({"gpu": "GPU", "xid": "Xid", "Value": "Count"}, hide=("Time", "job", "instance", "uuid"),
+                    order=("gpu", "xid", "Value")),
+        sort_by="Count", no_data="No Xid error since the exporter started",
+        description="Xid errors since the exporter started. 48, 63, 64, 74, 79, 92, 94, 95 and 119-120 mean a "
+                    "broken or lost GPU."), 8, 8)
+    b.add(timeseries("Memory errors and repairs", targets(
+        (f"increase(hoofhearted_gpu_ecc_errors_total{{{IG}, counter=\"volatile\"}}[$__rate_interval])",
+         "ECC {{error}}"),
+        (f"hoofhearted_gpu_remapped_rows{{{IG}}}", "remapped rows {{cause}}"),
+        (f"hoofhearted_gpu_retired_pages{{{IG}}}", "retired pages {{cause}}")), minimum=0,
+        no_data="No ECC or memory repair data from this GPU (consumer GPUs have none)",
+        description="Corrected errors are repaired; uncorrected ones are lost data."), 8, 8)
+    b.add(stat("Memory repair", targets(
+        (f"hoofhearted_gpu_remapped_rows_pending{{{IG}}}", "remap pending"),
+        (f"hoofhearted_gpu_remapped_rows_failed{{{IG}}}", "remap failed"),
+        (f"hoofhearted_gpu_retired_pages_pending{{{IG}}}", "retirement pending"), instant=True),
+        steps=thresholds(("green", None), ("red", 1)), no_data="No memory repair data from this GPU",
+        mappings=[{"type": "value", "options": {"0": {"color": "green", "index": 0, "text": "no"},
+                                                "1": {"color": "red", "index": 1, "text": "YES"}}}],
+        description="Pending: the GPU needs a reset. Failed: the GPU needs service."), 8, 8)
+    b.add(timeseries("PCIe link", targets(
+        (f"hoofhearted_gpu_pcie_link_width{{{IG}}}", "lanes"),
+        (f"hoofhearted_gpu_pcie_link_max_width{{{IG}}}", "max lanes"),
+        (f"hoofhearted_gpu_pcie_link_generation{{{IG}}}", "generation"),
+        (f"hoofhearted_gpu_pcie_link_max_generation{{{IG}}}", "max generation")), minimum=0, no_data=NO_GPUS,
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#D", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0)],
+        description="Fewer lanes than the maximum: the link trained down (reseat the card). The generation "
+                    "drops at idle to save power."), 8, 8)
+    b.add(timeseries("PCIe traffic and replays", targets(
+        (f"rate(hoofhearted_gpu_pcie_receive_bytes_total{{{IG}}}[$__rate_interval])", "rx"),
+        (f"rate(hoofhearted_gpu_pcie_transmit_bytes_total{{{IG}}}[$__rate_interval])", "tx"),
+        (f"increase(hoofhearted_gpu_pcie_replays_total{{{IG}}}[$__rate_interval])", "replays")),
+        unit="Bps", minimum=0, no_data="No PCIe counters from this GPU's driver",
+        overrides=[override("#C", unit="short", custom__axisPlacement="right")],
+        description="From the driver's byte counters; replays are packets resent after link errors."), 8, 8)
+    b.add(timeseries("NVLink", targets(
+        (f"hoofhearted_gpu_nvlink_links_active{{{IG}}}", "links up"),
+        (f"hoofhearted_gpu_nvlink_links{{{IG}}}", "links"),
+        (f"increase(hoofhearted_gpu_nvlink_errors_total{{{IG}}}[$__rate_interval])", "{{error}} errors")),
+        minimum=0, no_data="No NVLink on this GPU",
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#C", custom__axisPlacement="right")],
+        description="Links up against links present; errors over all links."), 8, 8)
 
     b.row("Processes on the GPUs")
     b.add(table("GPU processes", targets(

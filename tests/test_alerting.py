@@ -33,7 +33,7 @@ ALERTS = {
     "FanSpeedHigh", "FanStalledWhileHot", "FanLoudWhileCool", "ProcessHoggingCPU", "SuspectedCryptominer",
     "ExporterDown", "ManyExportersDown", "ExporterTargetsMissing", "ExporterCollectorFailing", "ExporterStale",
     "Watchdog", "MonitoringTargetDown", "AlertNotificationsFailing", "PrometheusNotificationsFailing",
-    "PrometheusRuleFailures",
+    "PrometheusRuleFailures", "GPUXidFatal", "GPUMemoryNeedsReset", "GPUMemoryRemapFailed", "GPUPCIeLinkDegraded",
 }
 # Alerts that cannot carry a target label: absent() has no series to take it from; Watchdog is vector(1).
 NO_TARGET_LABELS = {"ExporterTargetsMissing", "Watchdog"}
@@ -189,7 +189,7 @@ def test_critical_alerts_keep_firing_through_a_gap_in_their_data():
     clear because of it."""
     keep = {name: rule.get("keep_firing_for") for name, (_, rule) in alert_rules().items()}
     for name in ("CPUTemperatureCritical", "GPUTemperatureCritical", "FanStalledWhileHot", "GPULost",
-                 "SuspectedCryptominer"):
+                 "SuspectedCryptominer", "GPUXidFatal", "GPUMemoryRemapFailed"):
         assert keep[name] and seconds(keep[name]) >= 300, name
 
 
