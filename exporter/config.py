@@ -345,6 +345,7 @@ SCHEMA = {
         "ipmi": {
             "local": TristateField("tristate", "auto"),
             "device": Field("str", "/dev/ipmi0"),
+            "ipmi_sensors": Field("str", "ipmi-sensors"),
             "targets": IPMI_TARGET,
         },
         "redfish": {

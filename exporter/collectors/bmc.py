@@ -31,7 +31,6 @@ class Target:
         self.secret = secret
         self.thread = None
         self.result = None          # (snapshot, None) or (None, BMCError)
-        self.duration = None
         self.last_error = None
 
     def start(self):
@@ -43,14 +42,12 @@ class Target:
         return True
 
     def _run(self):
-        t0 = time.monotonic()
         try:
             result = (self.reader.read(), None)
         except BMCError as e:
             result = (None, e)
         except Exception as e:      # a library bug must not take the collector down
             result = (None, BMCError("protocol", f"{type(e).__name__}: {scrub(e, self.secret)}"))
-        self.duration = time.monotonic() - t0
         self.result = result
 
 
@@ -73,8 +70,8 @@ class BMCCollector(Collector):
         if local is not False:
             problem = bmc_ipmi.local_problem(device)
             if problem is None or local is True:
-                targets.append(Target(LOCAL, "ipmi", "bmc", bmc_ipmi.IPMIReader(device=device, timeout=timeout),
-                                      timeout))
+                reader = bmc_ipmi.IPMIReader(device=device, timeout=timeout, tool=bmc["ipmi"]["ipmi_sensors"])
+                targets.append(Target(LOCAL, "ipmi", "bmc", reader, timeout))
             if problem is not None:
                 # with local: true the target also stays down
                 note = (logging.WARNING if local is True else logging.INFO, f"no local BMC: {problem}")
@@ -83,7 +80,7 @@ class BMCCollector(Collector):
             tmo = min(t["timeout_seconds"] or timeout, timeout)
             reader = bmc_ipmi.IPMIReader(host=t["host"], port=t["port"], username=t["username"], password=secret,
                                          timeout=tmo, privilege=t["privilege"],
-                                         workaround_flags=t["workaround_flags"])
+                                         workaround_flags=t["workaround_flags"], tool=bmc["ipmi"]["ipmi_sensors"])
             targets.append(Target(t["name"], "ipmi", "bmc-" + t["name"], reader, tmo, secret))
         for i, t in enumerate(bmc["redfish"]["targets"]):
             from ..sources import bmc_redfish
@@ -121,8 +118,6 @@ class BMCCollector(Collector):
         up = gauge("hoofhearted_bmc_up", "Whether the BMC answered the last read in time.", ["bmc"])
         info = gauge("hoofhearted_bmc_info", "A BMC read by the exporter: protocol and the chip label of its series.",
                      ["bmc", "protocol", "chip"])
-        duration = gauge("hoofhearted_bmc_read_duration_seconds", "How long the last complete read of the BMC took.",
-                         ["bmc"])
         temp = gauge("hoofhearted_temperature_celsius", "Temperature reading of a sensor.", ["chip", "sensor", "label"])
         tmax = gauge("hoofhearted_temperature_max_celsius", "Temperature above which the sensor reports 'high'.",
                      ["chip", "sensor", "label"])
@@ -144,8 +139,6 @@ class BMCCollector(Collector):
                 err = BMCError("timeout", f"no answer within {t.timeout:g}s" if alive else "not read")
             self._log_state(t, err)
             up.add_metric([t.name], 0 if err else 1)
-            if t.duration is not None and not err:
-                duration.add_metric([t.name], t.duration)
             if err:
                 continue
             snapshots[t.name] = snap
@@ -166,7 +159,7 @@ class BMCCollector(Collector):
             for p in snap.power:
                 power.add_metric([t.chip, p.sensor], p.watts)
         self.snapshot = snapshots
-        return [up, info, duration, temp, tmax, tcrit, rpm, rpm_max, ratio, power]
+        return [up, info, temp, tmax, tcrit, rpm, rpm_max, ratio, power]
 
     def _log_state(self, t, err):
         text = None if err is None else f"{err.reason}: {scrub(err, t.secret)}"

@@ -63,9 +63,10 @@ class IPMIReader:
         return self._dir
 
     def argv(self):
-        tool = self._tool or shutil.which(TOOL) or shutil.which(TOOL, path="/usr/sbin:/sbin")
+        name = self._tool or TOOL
+        tool = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
         if tool is None:
-            raise BMCError("setup", f"{TOOL} not found (install FreeIPMI: Debian package freeipmi-tools)")
+            raise BMCError("setup", f"{name} not found (install FreeIPMI: Debian package freeipmi-tools)")
         d = self._private_dir()
         args = [tool, "--sdr-cache-directory", os.path.join(d, "sdr"), "--sdr-cache-recreate", "--quiet-cache",
                 "--comma-separated-output", "--no-header-output", "--output-sensor-thresholds",
