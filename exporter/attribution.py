@@ -138,9 +138,9 @@ def attribute(m, process=None, gpu_entries=(), group_of=None):
                 continue
             d = Domain(s.labels.get("domain", ""), "cpu", s.value, min(1.0, max(0.0, busy)))
             d.idle, d.processes, d.other = split(s.value, busy, rates, ncores)
-            for pid, w in d.processes.items():
+            for pid in rates:           # every group with a known rate: its series stays when idle
                 g = group_of(pid, procs[pid].name if pid in procs else "")
-                d.groups[g] = d.groups.get(g, 0.0) + w
+                d.groups[g] = d.groups.get(g, 0.0) + d.processes.get(pid, 0.0)
             out.domains.append(d)
             out.top[d.domain] = [pid for pid in cpu_top if pid in rates]
     util = {(s.labels.get("gpu", ""), s.labels.get("uuid", "")): s.value
@@ -148,8 +148,12 @@ def attribute(m, process=None, gpu_entries=(), group_of=None):
     by_gpu = {}
     for e in gpu_entries or ():
         by_gpu.setdefault((e[0], e[1]), []).append(e)
-    for s in _samples(m, "hoofhearted_gpu_power_watts"):
+    powered = list(_samples(m, "hoofhearted_gpu_power_watts"))
+    labels_seen = [s.labels.get("gpu", "") for s in powered]
+    for s in powered:
         gpu, uuid = s.labels.get("gpu", ""), s.labels.get("uuid", "")
+        # NVIDIA's index and an AMD card number can both be "0": the uuid tells them apart
+        name = f"gpu{gpu}" if labels_seen.count(gpu) == 1 else f"gpu{gpu}/{uuid}"
         if s.value <= 0:
             continue
         entries = by_gpu.get((gpu, uuid), [])
@@ -161,11 +165,11 @@ def attribute(m, process=None, gpu_entries=(), group_of=None):
         b = util.get((gpu, uuid))
         if b is None:
             b = min(1.0, sum(shares.values()))
-        d = Domain(f"gpu{gpu}", "gpu", s.value, min(1.0, max(0.0, b)), gpu=gpu, uuid=uuid)
+        d = Domain(name, "gpu", s.value, min(1.0, max(0.0, b)), gpu=gpu, uuid=uuid)
         d.idle, d.processes, d.other = split(s.value, b, shares, 1.0)
-        for pid, w in d.processes.items():
+        for pid in shares:
             g = group_of(pid, names.get(pid, ""))
-            d.groups[g] = d.groups.get(g, 0.0) + w
+            d.groups[g] = d.groups.get(g, 0.0) + d.processes.get(pid, 0.0)
         out.domains.append(d)
         ranked = sorted(d.processes, key=lambda pid: (-d.processes[pid], pid))
         out.top[d.domain] = ranked[:max(10, len(cpu_top))]

@@ -7,7 +7,7 @@ import yaml
 
 from conftest import ROOT, parse_exposition
 from exporter.config import defaults_yaml
-from fixture_box import box_config, bump_stat
+from fixture_box import box_config, bump_energy, bump_stat
 from metric_table import SCRAPE_TIER, collect_all, markdown, readme_rows
 
 README = os.path.join(ROOT, "README.md")
@@ -39,6 +39,7 @@ def test_live_metrics_are_all_in_the_table_and_vice_versa(tmp_path, start_export
     exp = start_exporter(f"--config.file={conf}")
     for _ in range(6):  # the box's CPU counters move, so rates exist
         bump_stat(os.path.join(cfg["paths"]["procfs"], "stat"), 25)
+        bump_energy(cfg["paths"]["sysfs"], 0.25)
         time.sleep(0.25)
     live = {}
     for (name, labels) in parse_exposition(exp.scrape()):
