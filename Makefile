@@ -37,6 +37,7 @@ test: venv deps
 
 bench: venv deps
 	$(PY) -m bench $(ARGS)
+	$(PY) -m bench.attribution
 
 soak: venv
 	$(PY) -m bench.soak $(ARGS)

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from conftest import SYSFS
+SYSFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "sysfs-node-exporter")
 
 
 class RaplTree:
