@@ -36,8 +36,28 @@ def bump_energy(sysfs, seconds, watts=(("intel-rapl:0", 40.0), ("intel-rapl:0:0"
         path = os.path.join(sysfs, "class", "powercap", zone, "energy_uj")
         with open(path) as f:
             value = int(f.read().strip())
-        with open(path, "w") as f:
+        with open(path + ".new", "w") as f:       # a reader never sees a half-written file
             f.write(f"{value + int(w * 1e6 * seconds)}\n")
+        os.replace(path + ".new", path)
+
+
+class EnergyTicker:
+    """Advances the box's RAPL counters every few milliseconds, for a running exporter."""
+
+    def __init__(self, sysfs, period=0.01):
+        import threading
+        self.sysfs, self.period = sysfs, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            bump_energy(self.sysfs, self.period)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(2)
 
 
 def make_sysfs(root):

@@ -224,3 +224,19 @@ def test_rapl_unreadable_is_zero_and_said_once(tmp_path, caplog):
 def test_udev_rule_is_shipped():
     rule = open(os.path.join(ROOT, "deploy", "udev", "60-hoofhearted-rapl.rules")).read()
     assert 'SUBSYSTEM=="powercap"' in rule and "energy_uj" in rule
+
+
+def test_why_and_live_show_the_watts():
+    from exporter import live, why
+    r, _ = run_power(*php_box())
+    out = why.lines(r)
+    assert out[-1] == r["sentence"]
+    assert out[-2] == ("Power (estimates): package-0 95.0 W = 35.5 processes + 40.9 idle + 18.7 other; "
+                       "package-0/core 80.0 W = 29.9 processes + 34.4 idle + 15.7 other; "
+                       "package-0/dram 4.0 W = 1.5 processes + 1.7 idle + 0.8 other")
+    row = next(line for line in out if line.startswith("  php-fpm"))
+    assert row.split()[-2:] == ["36.5", "W"]
+    fields = live._culprit(r)
+    assert fields["watts"] == pytest.approx(99 * 0.737 / 2) and fields["verdict"] == r["sentence"]
+    r, _ = run_power(*php_box(), rapl="")
+    assert "watts" not in live._culprit(r) and not any(line.startswith("Power") for line in why.lines(r))
