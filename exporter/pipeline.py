@@ -68,6 +68,7 @@ class VerdictStage(RenderedParts):
         self._body = None
         self._seen = None
         self._said_sensors = False
+        self._cache = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
@@ -96,7 +97,7 @@ class VerdictStage(RenderedParts):
         failing = {j.name for j in jobs if j.last_success is not None and j.collector not in fresh}
         power = attribute(self.attributor, fresh, now)
         report = verdict.compute(fresh, host=self.host, wall=self.wall, reason=self.reason, pending=pending,
-                                 failing=failing, power=power)
+                                 failing=failing, cache=self._cache, power=power)
         self._say_sensors(report, jobs)
         body = json.dumps(report, separators=(",", ":")).encode("utf-8")
         with self._lock:

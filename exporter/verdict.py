@@ -15,6 +15,7 @@ share over the number of GPUs.
 Temperatures, fans and GPUs are read from the rendered metric families by name, so any
 collector that emits those families (hwmon, thermal zones, GPUs, BMCs) counts with no special case.
 """
+import heapq
 import os
 import socket
 import time
@@ -214,8 +215,11 @@ def _dominated(parts, total):
     return total.score <= 0 or top >= DOMINANT * total.score
 
 
-def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1):
-    """Ranked units (see the module docstring). procs: iterable of Proc; rates: pid -> cores."""
+def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1, shown=SHOWN):
+    """Ranked units (see the module docstring). procs: iterable of Proc; rates: pid -> cores.
+
+    Only groups with a member that uses CPU or a GPU become units (an idle machine has hundreds
+    of idle processes); when fewer than ``shown`` do, the largest idle processes by memory fill up."""
     ncores, ngpus = max(1, ncores or 1), max(1, ngpus or 1)
     gpu_use, gpu_mem = {}, {}
     for e in gpu_entries:
@@ -226,11 +230,23 @@ def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1):
         if mem is not None:
             gpu_mem[pid] = gpu_mem.get(pid, 0) + mem
     fill = (rates, gpu_use, gpu_mem, ncores, ngpus)
-    by_group = {}
+    by_group, by_owner_procs, active = {}, {}, set()
     for p in procs:
-        by_group.setdefault((p.name, p.ident.user), []).append(p)
+        ident = p.ident
+        key = (p.name, ident.user)
+        members = by_group.get(key)
+        if members is None:
+            members = by_group[key] = []
+        members.append(p)
+        owner = ident.owner
+        if owner:
+            by_owner_procs.setdefault(owner, []).append(p)
+        if rates.get(p.pid) or p.pid in gpu_use:
+            active.add(key)
     units = []
-    for (name, user), members in by_group.items():
+    for key in active:
+        name, user = key
+        members = by_group[key]
         singles = [_fill(Unit("process", name, user, p.ident.owner, p.pid, [p]), *fill) for p in members]
         if len(singles) >= 2:
             owners = {p.ident.owner for p in members}
@@ -238,7 +254,7 @@ def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1):
             if not _dominated(singles, group):
                 units.append(group)
                 continue
-        units.extend(singles)
+        units.extend(u for u in singles if u.score > 0)
     by_owner = {}
     for u in units:
         owners = {p.ident.owner for p in u.procs}
@@ -248,12 +264,18 @@ def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1):
     for owner, parts in by_owner.items():
         if len(parts) < 2:
             continue
-        users = {u.user for u in parts}
-        whole = _merge("owner", owner, users.pop() if len(users) == 1 else "", owner, parts, *fill)
+        everyone = by_owner_procs[owner]
+        users = {p.ident.user for p in everyone}
+        whole = _fill(Unit("owner", owner, users.pop() if len(users) == 1 else "", owner, None, everyone), *fill)
         if not _dominated(parts, whole):
             ids = {id(u) for u in parts}
             units = [u for u in units if id(u) not in ids] + [whole]
     units.sort(key=lambda u: (-u.score, -(u.cores or 0), -u.memory, u.pid or 0, u.name))
+    if len(units) < shown:
+        taken = {p.pid for u in units for p in u.procs}
+        idle = heapq.nlargest(shown - len(units), (p for p in procs if p.pid not in taken),
+                              key=lambda p: (p.rss_bytes, -p.pid))
+        units += [_fill(Unit("process", p.name, p.ident.user, p.ident.owner, p.pid, [p]), *fill) for p in idle]
     return units
 
 
@@ -421,12 +443,14 @@ def missing_sensors_reason(sysfs="/sys", procfs="/proc", dev="/dev"):
 
 # -- the whole answer ----------------------------------------------------------------------
 
-def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(), power=None):
+def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(), cache=None, power=None):
     """The verdict as a dict (the /api/verdict JSON) from the fresh collectors' last refresh.
 
     ``pending``: collectors that exist but have not refreshed yet; ``failing``: ones whose data
-    is missing now (failed or stale); ``power``: an attribution.Attribution of the same
-    refreshes, or None (then no watts and the sentences without power)."""
+    is missing now (failed or stale). ``cache``: a dict kept between calls, so the culprits are
+    ranked again only when the process or GPU-process snapshot changed. ``power``: an
+    attribution.Attribution of the same refreshes, or None (then no watts and the sentences
+    without power)."""
     m = index(collectors)
     by_name = {c.name: c for c in collectors}
     temps, fan_list, gpu_list = temperatures(m), fans(m), gpus(m)
@@ -456,7 +480,13 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
         report["measuring"] = True
     elif proc_c is not None:
         entries = (getattr(gpu_c, "snapshot", None) or ()) if gpu_c is not None else ()
-        units = culprits(table.procs.values(), proc_c.rates, entries, ncores, len(gpu_list))
+        key = (table, entries, ncores, len(gpu_list))
+        if cache is not None and cache.get("key") == key:
+            units = cache["units"]
+        else:
+            units = culprits(table.procs.values(), proc_c.rates, entries, ncores, len(gpu_list))
+            if cache is not None:
+                cache.update(key=key, units=units)
         for rank, u in enumerate(units[:SHOWN], 1):
             c = {"rank": rank, "kind": u.kind, "name": u.name, "user": u.user, "owner": u.owner, "pid": u.pid,
                  "processes": len(u.procs), "cores": u.cores, "memory_bytes": u.memory, "gpu": u.gpu,

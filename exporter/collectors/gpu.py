@@ -10,6 +10,7 @@ import ctypes
 import importlib
 import logging
 import threading
+import time
 
 from .. import config as cfgmod
 from ..sources import amdgpu, drm, fdinfo, nvidia, processes
@@ -294,6 +295,9 @@ class GPUProcessCollector(Collector):
     def create(cls, config):
         paths, g = config["paths"], config["gpu"]
         src = nvidia_source(config) if config["collectors"]["nvidia"]["enabled"] else None
+        if src is not None and not (src.ensure(time.monotonic()) and src.devices):
+            release_source(src)       # a driver without GPUs (or none loaded): nothing to ask NVML
+            src = None
         if src is None and not any(c.driver not in fdinfo.SKIP_DRIVERS for c in drm.list_cards(paths["sysfs"])):
             return None     # no GPU: nothing to look for in every process's file descriptors
         return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
