@@ -71,7 +71,8 @@ class Domain:
 @dataclass
 class Attribution:
     domains: list = field(default_factory=list)
-    labels: dict = field(default_factory=dict)      # pid -> (name, user, owner)
+    labels: dict = field(default_factory=dict)      # pid -> (name, user, owner) of GPU processes
+    procs: dict = field(default_factory=dict)       # pid -> Proc of the process table
     top: dict = field(default_factory=dict)         # domain -> [pid] exported per process
 
     def packages(self):
@@ -90,17 +91,37 @@ class Attribution:
 
 def split(measured, busy, shares, capacity):
     """(idle, {key: W}, other) of one domain. shares: key -> work in units of capacity."""
+    idle, scale, other = split_scale(measured, busy, sum(w for w in shares.values() if w and w > 0), capacity)
+    return idle, {k: w * scale for k, w in shares.items() if w and w > 0}, other
+
+
+def split_scale(measured, busy, work, capacity):
+    """(idle, watts per unit of work, other) of one domain doing ``work`` in all."""
     busy = min(1.0, max(0.0, busy))
     active = measured * busy
     idle = measured - active
-    capacity = max(capacity, 1e-9)
-    raw = {k: measured * w / capacity for k, w in shares.items() if w and w > 0}
-    total = sum(raw.values())
+    scale = measured / max(capacity, 1e-9)
+    total = work * scale
     if total > active and total > 0:
-        scale = active / total
-        raw = {k: v * scale for k, v in raw.items()}
+        scale *= active / total
         total = active
-    return idle, raw, max(0.0, active - total)
+    return idle, scale, max(0.0, active - total)
+
+
+def prepare(process, group_of=None):
+    """What the CPU split needs from the process collector, once per process refresh:
+    ({pid: cores} of processes that ran, {group: cores} of every group with a known rate)."""
+    table = getattr(process, "snapshot", None)
+    procs = getattr(table, "procs", None) or {}
+    rates = getattr(process, "rates", None) or {}
+    group_of = group_of or (lambda pid, name: name)
+    busy, groups = {}, {}
+    for pid, r in rates.items():
+        g = group_of(pid, procs[pid].name if pid in procs else "")
+        groups[g] = groups.get(g, 0.0) + r
+        if r > 0:
+            busy[pid] = r
+    return busy, groups
 
 
 def _samples(m, name):
@@ -115,32 +136,33 @@ def gpu_share(engines):
     return max(engines.values(), default=0.0)
 
 
-def attribute(m, process=None, gpu_entries=(), group_of=None):
+def attribute(m, process=None, gpu_entries=(), group_of=None, prepared=None):
     """The Attribution of the rendered families ``m`` ({name: [Sample]}, see verdict.index).
 
     process: the process collector (rates pid -> cores, snapshot table, top) or None;
-    gpu_entries: the gpu_process collector's snapshot; group_of(pid, name) -> group label."""
+    gpu_entries: the gpu_process collector's snapshot; group_of(pid, name) -> group label;
+    prepared: prepare(process, group_of), when the caller keeps it between calls."""
     out = Attribution()
     table = getattr(process, "snapshot", None)
     procs = getattr(table, "procs", None) or {}
     rates = getattr(process, "rates", None) or {}
     group_of = group_of or (lambda pid, name: name)
-    for pid, p in procs.items():
-        out.labels[pid] = (p.name, p.ident.user, p.ident.owner)
+    out.procs = procs
     ncores = next((s.value for s in _samples(m, "hoofhearted_cpu_cores")), None) or 0
     busy = next((s.value for s in _samples(m, "hoofhearted_cpu_usage_ratio")), None)
     cpu_top = [p.pid for p, _ in (getattr(process, "top", None) or ())]
-    if process is not None and table is not None and getattr(process, "rated", False) and ncores:
+    cpu_power = [s for s in _samples(m, "hoofhearted_cpu_power_watts") if s.value > 0]   # 0: no reading
+    if cpu_power and process is not None and table is not None and getattr(process, "rated", False) and ncores:
+        running, group_cores = prepared if prepared is not None else prepare(process, group_of)
+        work = sum(running.values())
         if busy is None:
-            busy = sum(rates.values()) / ncores
-        for s in _samples(m, "hoofhearted_cpu_power_watts"):
-            if s.value <= 0:        # a counter that did not move is no reading
-                continue
+            busy = work / ncores
+        for s in cpu_power:
             d = Domain(s.labels.get("domain", ""), "cpu", s.value, min(1.0, max(0.0, busy)))
-            d.idle, d.processes, d.other = split(s.value, busy, rates, ncores)
-            for pid in rates:           # every group with a known rate: its series stays when idle
-                g = group_of(pid, procs[pid].name if pid in procs else "")
-                d.groups[g] = d.groups.get(g, 0.0) + d.processes.get(pid, 0.0)
+            d.idle, scale, d.other = split_scale(s.value, busy, work, ncores)
+            d.processes = {pid: r * scale for pid, r in running.items()}
+            # every group with a known rate, so its series stays while it idles
+            d.groups = {g: c * scale for g, c in group_cores.items()}
             out.domains.append(d)
             out.top[d.domain] = [pid for pid in cpu_top if pid in rates]
     util = {(s.labels.get("gpu", ""), s.labels.get("uuid", "")): s.value
@@ -161,7 +183,7 @@ def attribute(m, process=None, gpu_entries=(), group_of=None):
         for e in entries:
             shares[e[2]] = shares.get(e[2], 0.0) + gpu_share(e[7])
             names[e[2]] = e[3]
-            out.labels.setdefault(e[2], (e[3], e[4], e[5]))
+            out.labels[e[2]] = (e[3], e[4], e[5])
         b = util.get((gpu, uuid))
         if b is None:
             b = min(1.0, sum(shares.values()))
@@ -184,11 +206,16 @@ class Attributor:
         self.energy = {}        # (group, domain) -> [joules, last seen]
         self.last = None
         self.latest = Attribution()
+        self._prepared = (None, None)
 
     def update(self, m, process=None, gpu_entries=(), now=None):
         now = self.clock() if now is None else now
         group_of = getattr(process, "group_slot", None)
-        attr = attribute(m, process, gpu_entries, group_of)
+        # the per-process pass runs once per process refresh, not once per verdict
+        key = (getattr(process, "snapshot", None), getattr(process, "rates", None))
+        if self._prepared[0] is None or self._prepared[0][0] is not key[0] or self._prepared[0][1] is not key[1]:
+            self._prepared = (key, prepare(process, group_of))
+        attr = attribute(m, process, gpu_entries, group_of, self._prepared[1])
         dt = now - self.last if self.last is not None and now > self.last else 0.0
         self.last = now
         # the power of the previous verdict held until now: integrate it, then take the new one
@@ -222,7 +249,9 @@ def families(attr, energy=None):
                  ["domain", "part"])
     for d in attr.domains:
         for pid in attr.top.get(d.domain, ()):
-            name, user, owner = attr.labels.get(pid, ("", "", ""))
+            p = attr.procs.get(pid)
+            name, user, owner = (p.name, p.ident.user, p.ident.owner) if p is not None else \
+                attr.labels.get(pid, ("", "", ""))
             proc.add_metric([str(pid), name, user, owner, d.domain], d.processes.get(pid, 0.0))
         for g in sorted(d.groups):
             group.add_metric([g, d.domain], d.groups[g])
