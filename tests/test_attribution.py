@@ -240,3 +240,17 @@ def test_why_and_live_show_the_watts():
     assert fields["watts"] == pytest.approx(99 * 0.737 / 2) and fields["verdict"] == r["sentence"]
     r, _ = run_power(*php_box(), rapl="")
     assert "watts" not in live._culprit(r) and not any(line.startswith("Power") for line in why.lines(r))
+
+
+def test_drm_engines_and_colliding_gpu_labels():
+    # an amdgpu card (fdinfo engines) and an NVIDIA GPU that are both "0"
+    text = GPU + ('hoofhearted_gpu_power_watts{gpu="0",uuid="amd-1"} 100\n'
+                  'hoofhearted_gpu_utilization_ratio{gpu="0",uuid="amd-1"} 0.6\n')
+    entries = [("0", "amd-1", 9, "blender", "carol", "", None, {"gfx": 0.5, "compute": 0.2, "dma": 0.1}),
+               ("0", "GPU-1", 4242, "python3", "alice", "", None, {"sm": 0.9, "memory": 0.4})]
+    power = attribution.attribute(verdict.index([Stub("nvidia", text)]), None, entries)
+    doms = power.by_domain()
+    assert sorted(doms) == ["gpu0/GPU-1", "gpu0/amd-1"]
+    assert doms["gpu0/amd-1"].processes == {9: pytest.approx(50.0)}        # the busiest engine: gfx
+    assert (doms["gpu0/amd-1"].idle, doms["gpu0/amd-1"].other) == (pytest.approx(40.0), pytest.approx(10.0))
+    assert doms["gpu0/GPU-1"].processes == {4242: pytest.approx(279.0)}   # SM, not memory
