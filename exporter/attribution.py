@@ -47,6 +47,7 @@ class Domain:
     groups: dict = field(default_factory=dict)      # group -> W (all processes, bounded by the process collector)
     gpu: str = ""               # the GPU label of a GPU domain
     uuid: str = ""
+    display: str = ""           # its name in the verdict: GPU0, or "GPU0 (amd)" when two share a label
 
     @property
     def attributed(self):
@@ -61,7 +62,7 @@ class Domain:
     def component(self, packages=1):
         """The part in words: 'the CPU package', 'CPU package 1', 'GPU0'."""
         if self.kind == "gpu":
-            return f"GPU{self.gpu}" if self.gpu.isdigit() else self.gpu
+            return self.display or (f"GPU{self.gpu}" if self.gpu.isdigit() else self.gpu)
         m = _PACKAGE.match(self.domain)
         if m:
             return "the CPU package" if packages <= 1 else f"CPU package {m.group(1)}"
@@ -170,6 +171,8 @@ def attribute(m, process=None, gpu_entries=(), group_of=None, prepared=None):
     by_gpu = {}
     for e in gpu_entries or ():
         by_gpu.setdefault((e[0], e[1]), []).append(e)
+    from .verdict import gpu_names
+    display = gpu_names(m)
     powered = list(_samples(m, "hoofhearted_gpu_power_watts"))
     labels_seen = [s.labels.get("gpu", "") for s in powered]
     for s in powered:
@@ -187,7 +190,8 @@ def attribute(m, process=None, gpu_entries=(), group_of=None, prepared=None):
         b = util.get((gpu, uuid))
         if b is None:
             b = min(1.0, sum(shares.values()))
-        d = Domain(name, "gpu", s.value, min(1.0, max(0.0, b)), gpu=gpu, uuid=uuid)
+        d = Domain(name, "gpu", s.value, min(1.0, max(0.0, b)), gpu=gpu, uuid=uuid,
+                   display=display.get((gpu, uuid), ""))
         d.idle, d.processes, d.other = split(s.value, b, shares, 1.0)
         for pid in shares:
             g = group_of(pid, names.get(pid, ""))
