@@ -134,6 +134,8 @@ def test_gpu_chain_in_one_sentence():
     # the GPU fan is the busiest fan, GPU0 the hottest sensor
     assert r["sentence"] == ("Fans at 78% (nct6775 fan2, 1840 rpm) because GPU0 is at 83 °C drawing 310 W; "
                              "279 W of it is python3 (pid 4242, alice, container 3f2a1b2c3d4e).")
+    from exporter import why
+    assert why.lines(r)[-1] == r["sentence"]          # `why` prints the chain as one line
 
 
 @pytest.fixture
