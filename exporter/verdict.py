@@ -87,6 +87,10 @@ def gpu_name(gpu):
     return f"GPU{gpu}" if str(gpu).isdigit() else str(gpu)
 
 
+# clock-event reasons that mean the GPU is held back, in the words the verdict uses
+THROTTLE = {"sw_power_cap": "power", "hw_power_brake_slowdown": "power", "sw_thermal_slowdown": "heat",
+            "hw_thermal_slowdown": "heat", "hw_slowdown": "a hardware slowdown"}
+
 GPU_FAMILIES = ("hoofhearted_gpu_info", "hoofhearted_gpu_utilization_ratio", "hoofhearted_gpu_temperature_celsius",
                 "hoofhearted_gpu_fan_speed_ratio", "hoofhearted_gpu_power_watts")
 
@@ -187,11 +191,17 @@ def gpus(m, names=None):
     for metric, field in fields:
         for s in m.get(metric, ()):
             out.setdefault(_key(s.labels, "gpu", "uuid"), {})[field] = s.value
+    throttle = {}
+    for s in m.get("hoofhearted_gpu_clock_event", ()):
+        why = THROTTLE.get(s.labels.get("reason", ""))
+        if why and s.value == 1:
+            throttle.setdefault(_key(s.labels, "gpu", "uuid"), set()).add(why)
     rows = []
     for (gpu, uuid), v in sorted(out.items()):
         row = {"gpu": gpu, "uuid": uuid, "display": names.get((gpu, uuid)) or gpu_name(gpu),
                "name": v.get("name", ""), "vendor": v.get("vendor", "")}
         row.update({f: v.get(f) for _, f in fields})
+        row["throttled_for"] = sorted(throttle.get((gpu, uuid), ()))
         rows.append(row)
     return rows
 
@@ -381,6 +391,12 @@ def idle(report):
 
 
 def sentence(report, power=None):
+    throttled = [f"{g['display']} is throttling for {' and '.join(g['throttled_for'])}."
+                 for g in report["gpus"] if g.get("throttled_for")]
+    return " ".join([_sentence(report, power)] + throttled)
+
+
+def _sentence(report, power=None):
     lead = fan_lead(report["fans"])
     load = load_text(report)
     paren = f" ({load})" if load else ""

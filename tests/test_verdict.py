@@ -186,7 +186,7 @@ def test_gpu_share_ranks_and_speaks():
     assert r["sentence"] == ("Fans at 78% (nct6775 fan2, 1840 rpm) because python3 (pid 4242, alice, "
                              "container 3f2a1b2c3d4e) uses 3.90 cores and 95% of GPU0.")
     assert r["gpus"] == [{"gpu": "0", "uuid": "GPU-1", "display": "GPU0", "name": "NVIDIA H100", "vendor": "nvidia",
-                          "utilization_ratio": 0.97,
+                          "utilization_ratio": 0.97, "throttled_for": [],
                           "temperature_celsius": 83.0, "slowdown_celsius": 90.0, "power_watts": 310.0,
                           "memory_used_bytes": None, "memory_total_bytes": None}]
     assert r["temperatures"][0] == {"name": "GPU0", "chip": "GPU0", "sensor": "gpu", "label": "", "celsius": 83.0,
@@ -272,3 +272,16 @@ def test_two_vendors_with_a_gpu_0_are_told_apart():
     fams = {f.name: f for f in verdict.families(r)}
     assert sorted(s.labels["uuid"] for s in fams["hoofhearted_culprit_gpu_utilization_ratio"].samples) == \
         ["0000:0b:00.0", "GPU-1"]
+
+
+def test_a_throttling_gpu_is_said():
+    owner = "container/3f2a1b2c3d4e"
+    procs = [proc(4242, "python3", "alice", owner)]
+    entries = [("0", "GPU-1", 4242, "python3", "alice", owner, None, {"sm": 0.95})]
+    events = GPU + "".join(
+        f'hoofhearted_gpu_clock_event{{gpu="0",uuid="GPU-1",reason="{r}"}} {v}\n'
+        for r, v in (("gpu_idle", 0), ("sw_power_cap", 1), ("hw_thermal_slowdown", 1), ("sync_boost", 1)))
+    r = run(procs, {4242: 0.1}, gpu_entries=entries, gpu_text=events)
+    assert r["gpus"][0]["throttled_for"] == ["heat", "power"]
+    assert r["sentence"] == ("Fans at 78% (nct6775 fan2, 1840 rpm) because python3 (pid 4242, alice, container "
+                             "3f2a1b2c3d4e) uses 0.10 cores and 95% of GPU0. GPU0 is throttling for heat and power.")
