@@ -1,7 +1,9 @@
-"""The fast OpenMetrics writer gives the same bytes as prometheus_client's own."""
+"""Per-family parts cut from prometheus_client's exposition join back into its exact bytes."""
 import math
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client import exposition
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.samples import Exemplar
 
 from exporter import render
@@ -30,9 +32,38 @@ def families():
     return [temp, read, cores, odd, empty, info, unit]
 
 
-def test_openmetrics_parts_match_prometheus_client_bytes():
+class Registry:
+    def __init__(self, fams):
+        self.fams = [f for f in fams if f.samples]
+
+    def collect(self):
+        return iter(self.fams)
+
+
+def merge(family_lists):
+    """Families of the same name from several lists as one family each, in first-seen order."""
+    merged = {}
+    for fams in family_lists:
+        for f in fams:
+            if f.samples:
+                m = merged.setdefault(f.name, Metric(f.name, f.documentation, f.type, f.unit))
+                m.samples.extend(f.samples)
+    return list(merged.values())
+
+
+def test_parts_join_into_prometheus_client_bytes():
     fams = families()
-    assert render.join_parts([render.openmetrics_parts(fams)]) == render.openmetrics(fams)
+    assert render.openmetrics(fams) == om_exposition.generate_latest(Registry(fams))
+    assert render.text(fams) == exposition.generate_latest(Registry(fams))
+    names = [name for name, _, _ in render.openmetrics_parts(fams)]
+    assert names == ["hoofhearted_temperature_celsius", "hoofhearted_disk_read_bytes", "hoofhearted_cpu_cores",
+                     "hoofhearted_odd_values", "hoofhearted_build", "hoofhearted_fan_speed_rpm"]
+    assert [name for name, _, _ in render.text_parts(fams)] == [
+        "hoofhearted_temperature_celsius", "hoofhearted_disk_read_bytes_total", "hoofhearted_cpu_cores",
+        "hoofhearted_odd_values", "hoofhearted_build_info", "hoofhearted_fan_speed_rpm"]
+    unit = dict((n, h) for n, h, _ in render.openmetrics_parts(fams))["hoofhearted_fan_speed_rpm"]
+    assert unit.endswith(b"# UNIT hoofhearted_fan_speed_rpm rpm\n")
+    assert b'hoofhearted_odd_values{kind="int"} 7.0\n' in render.text(fams)
 
 
 def test_families_from_two_collectors_are_merged_under_one_header():
@@ -41,10 +72,13 @@ def test_families_from_two_collectors_are_merged_under_one_header():
     b.add_metric(["1"], 0)
     other = gauge("hoofhearted_cpu_cores", "Logical CPUs.")
     other.add_metric([], 4)
-    joined = render.join_parts([render.openmetrics_parts([a, other]), render.openmetrics_parts([b])])
-    assert joined == render.openmetrics(render.merge_families([[a, other], [b]]))
+    joined = render.join_parts([render.openmetrics_parts([a, other]), render.openmetrics_parts([b])]) + b"# EOF\n"
+    assert joined == om_exposition.generate_latest(Registry(merge([[a, other], [b]])))
     assert joined.count(b"# TYPE hoofhearted_gpu_up gauge") == 1
     assert b'hoofhearted_gpu_up{gpu="0"} 1.0\nhoofhearted_gpu_up{gpu="1"} 0.0\n' in joined
+    text = render.join_parts([render.text_parts([a, other]), render.text_parts([b])])
+    assert text == exposition.generate_latest(Registry(merge([[a, other], [b]])))
+    assert text.count(b"# HELP hoofhearted_gpu_up ") == 1
 
 
 def test_exemplars_go_through_prometheus_client():
@@ -54,8 +88,8 @@ def test_exemplars_go_through_prometheus_client():
     g = gauge("hoofhearted_plain", "Plain.")
     g.add_metric([], 1)
     fams = [c, g]
-    assert render.join_parts([render.openmetrics_parts(fams)]) == render.openmetrics(fams)
-    assert b'# {trace_id="abc"} 1.0 1700000000.5' in render.join_parts([render.openmetrics_parts(fams)])
+    assert render.openmetrics(fams) == om_exposition.generate_latest(Registry(fams))
+    assert b'hoofhearted_things_total{kind="a"} 3.0 # {trace_id="abc"} 1.0 1700000000.5\n' in render.openmetrics(fams)
 
 
 class Counting(Collector):
@@ -76,7 +110,7 @@ def test_scheduler_renders_openmetrics_in_the_refresh_once_scrapes_ask_for_it():
     first = sched.body(openmetrics=True)
     assert job.render_openmetrics
     meta = sched.meta_families(clock[0])
-    assert first == render.openmetrics(render.merge_families([job.families, meta])) + b"# EOF\n"
+    assert first == om_exposition.generate_latest(Registry(merge([job.families, meta])))
     assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 100.0\n' in first
 
     clock[0] = 101.0
@@ -85,4 +119,4 @@ def test_scheduler_renders_openmetrics_in_the_refresh_once_scrapes_ask_for_it():
     second = sched.body(openmetrics=True)
     assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 101.0\n' in second
     meta = sched.meta_families(clock[0])
-    assert second == render.openmetrics(render.merge_families([job.families, meta])) + b"# EOF\n"
+    assert second == om_exposition.generate_latest(Registry(merge([job.families, meta])))
