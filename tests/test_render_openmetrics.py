@@ -101,22 +101,35 @@ class Counting(Collector):
         return [c]
 
 
-def test_scheduler_renders_openmetrics_in_the_refresh_once_scrapes_ask_for_it():
+def test_scheduler_renders_the_formats_scrapes_ask_for_in_the_refresh():
     clock = [100.0]
     sched = Scheduler([Counting()], defaults(), clock=lambda: clock[0], wall=lambda: 1.7e9 + clock[0])
     job = sched.jobs[0]
     sched.run_job(job)
-    assert not job.render_openmetrics
+    assert set(job._rendered) == {"text"}       # nothing asked yet
     first = sched.body(openmetrics=True)
-    assert job.render_openmetrics
+    assert set(job._rendered) == {"text", "openmetrics"}
     meta = sched.meta_families(clock[0])
     assert first == om_exposition.generate_latest(Registry(merge([job.families, meta])))
     assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 100.0\n' in first
 
     clock[0] = 101.0
-    sched.run_job(job)                     # the refresh renders OpenMetrics itself now
-    assert job._om[0] is job.families
+    sched.run_job(job)                     # the refresh renders OpenMetrics itself now, and only that
+    assert job._rendered["openmetrics"][0] is job.families
+    assert job._rendered["text"][0] is not job.families
     second = sched.body(openmetrics=True)
     assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 101.0\n' in second
     meta = sched.meta_families(clock[0])
     assert second == om_exposition.generate_latest(Registry(merge([job.families, meta])))
+    text = sched.body()                    # text on demand, then by the refreshes too
+    assert b'hoofhearted_test_ticks_total{kind="a \\"b\\""} 101.0\n' in text
+    assert job._rendered["text"][0] is job.families
+
+    clock[0] = 102.0
+    sched.run_job(job)
+    assert job._rendered["text"][0] is job.families and job._rendered["openmetrics"][0] is job.families
+    sched.body(openmetrics=True)
+    clock[0] = 101.0 + 300.5               # text last asked for 300.5 s ago
+    sched.run_job(job)
+    assert job._rendered["openmetrics"][0] is job.families
+    assert job._rendered["text"][0] is not job.families
