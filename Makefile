@@ -19,9 +19,12 @@ $(VENV)/bin/python:
 		$(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade pip
 
-# What running needs: the package and its dependencies, no test tools.
-$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install -q -e .
+# What running needs: the package as a user installs it (not editable: no notes from setuptools
+# about editable installs), its dependencies, no test tools. Reinstalled when a package file changes.
+PKG_FILES = pyproject.toml $(wildcard exporter/*.py exporter/*/*.py exporter/data/*)
+
+$(VENV)/.runtime: $(PKG_FILES) | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q .
 	touch $@
 
 # Everything the tests need too (pyproject's [test] extra).
