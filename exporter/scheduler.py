@@ -20,6 +20,7 @@ log = logging.getLogger("hoofhearted.scheduler")
 RENDERERS = {"text": render.text_parts, "openmetrics": render.openmetrics_parts}
 # a refresh renders the formats scrapes asked for within this many seconds
 FORMAT_MEMORY = 300.0
+ESCALATION_LOG_INTERVAL = 60.0
 
 
 def limit_malloc_arenas(n=1):
@@ -135,6 +136,8 @@ class Scheduler:
             for c in collectors
         ]
         self.hot_reasons = frozenset()
+        self._esc_logged_at = None
+        self._esc_unlogged = 0
         self.on_refresh = on_refresh or []
         for c in collectors:
             if hasattr(c, "bind"):  # collectors that read the others' results (Grafana Live)
@@ -173,15 +176,26 @@ class Scheduler:
         reasons = frozenset(reasons)
         if reasons == self.hot_reasons:
             return
-        if reasons:
-            log.warning("escalating refresh to critical interval reasons=%s", ",".join(sorted(reasons)))
-        else:
-            log.info("cooled down, back to normal refresh intervals")
+        self._log_escalation(reasons)
         with self._cond:
             self.hot_reasons = reasons
             for job in self.jobs:
                 job.escalated = bool(reasons)
             self._cond.notify_all()
+
+    def _log_escalation(self, reasons):
+        """Escalation on and off at info, at most one line a minute: a reading hovering at its
+        threshold flips it every refresh. The next line counts the changes left out."""
+        now = self.clock()
+        if self._esc_logged_at is not None and now - self._esc_logged_at < ESCALATION_LOG_INTERVAL:
+            self._esc_unlogged += 1
+            return
+        more = f" unlogged_changes={self._esc_unlogged}" if self._esc_unlogged else ""
+        if reasons:
+            log.info("escalating refresh to critical interval reasons=%s%s", ",".join(sorted(reasons)), more)
+        else:
+            log.info("cooled down, back to normal refresh intervals%s", more)
+        self._esc_logged_at, self._esc_unlogged = now, 0
 
     def _loop(self, job):
         while True:
