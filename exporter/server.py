@@ -29,6 +29,7 @@ LANDING = """<!doctype html>
 <p>Why is my server's fan running? Temperatures, fans, and the processes behind them.</p>
 <ul>
 <li><a href="metrics">/metrics</a></li>
+<li><a href="api/verdict">/api/verdict</a> (the answer, as JSON)</li>
 <li><a href="-/healthy">/-/healthy</a></li>
 <li><a href="-/ready">/-/ready</a></li>
 </ul></body></html>
@@ -428,6 +429,12 @@ class Connection(asyncio.Protocol):
         elif path == "/":
             page = LANDING.format(version=html.escape(__version__)).encode()
             self._respond(200, page, "text/html; charset=utf-8", head=head)
+        elif path == "/api/verdict":
+            body = srv.scheduler.verdict_body() if hasattr(srv.scheduler, "verdict_body") else None
+            if body is None:
+                self._respond(503, b"no verdict yet: collectors have not refreshed\n", head=head)
+            else:
+                self._respond(200, body, "application/json", b"Cache-Control: no-store\r\n", head)
         elif path == "/-/healthy":
             self._respond(200, b"OK\n", head=head)
         elif path == "/-/ready":

@@ -127,13 +127,24 @@ def test_filesystems_only_device_backed(tmp_path):
     rootfs = tmp_path / "root"
     (rootfs / "data disk").mkdir(parents=True)
     c = FilesystemCollector(str(procfs), str(rootfs))
+    asked = []
+
+    def statvfs(path):      # fixed sizes: a real filesystem's free space moves between two calls
+        asked.append(path)
+        os.statvfs(path)    # still fails for a mount point missing under the root
+        blocks, free = (1000, 400) if path.endswith("data disk") else (5000, 100)
+        return os.statvfs_result((4096, 4096, blocks, free, free, 0, 0, 0, 0, 255))
+
+    c.statvfs = statvfs
     reg = registry(c)
     c.refresh(0.0)
-    st = os.statvfs(rootfs)
-    assert reg.get_sample_value("hoofhearted_filesystem_size_bytes", {"mountpoint": "/", "fstype": "ext4"}) == \
-        st.f_blocks * st.f_frsize
-    assert reg.get_sample_value("hoofhearted_filesystem_free_bytes", {"mountpoint": "/data disk", "fstype": "xfs"}) \
-        == st.f_bavail * st.f_frsize
+    assert asked == [os.path.join(str(rootfs), ""), os.path.join(str(rootfs), "data disk")]
+    size = {"mountpoint": "/", "fstype": "ext4"}
+    data = {"mountpoint": "/data disk", "fstype": "xfs"}
+    assert reg.get_sample_value("hoofhearted_filesystem_size_bytes", size) == 5000 * 4096
+    assert reg.get_sample_value("hoofhearted_filesystem_free_bytes", size) == 100 * 4096
+    assert reg.get_sample_value("hoofhearted_filesystem_size_bytes", data) == 1000 * 4096
+    assert reg.get_sample_value("hoofhearted_filesystem_free_bytes", data) == 400 * 4096
     assert {fs.fstype for fs in c.snapshot} == {"ext4", "xfs"}
 
 
