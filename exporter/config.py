@@ -169,6 +169,8 @@ SCHEMA = {
         "max_header_bytes": Field("int", 8192, _positive, "a positive integer"),
         "max_connections": Field("int", 512, _positive, "a positive integer"),
         "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number"),
+        "live_page": Field("bool", True),
+        "live_max_clients": Field("int", 10, _positive, "a positive integer"),
     },
     "paths": {
         "procfs": Field("str", "/proc"),
@@ -360,7 +362,7 @@ def build(file=None, environ=None, flags=None, flag_names=None, errors=None):
 
 
 SECTION_DOCS = {
-    "web": "HTTP server; TLS and basic auth live in the web config file",
+    "web": "HTTP server (TLS and basic auth live in the web config file) and the live page at /",
     "paths": "where procfs, sysfs and the root filesystem are mounted",
     "log": "log verbosity",
     "tiers": "refresh interval of each tier, in seconds",
