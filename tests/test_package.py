@@ -116,6 +116,13 @@ def check_serves(exe, cwd):
         # the process collector reads package data (the miner list) from the installed package
         assert sample(parsed, "hoofhearted_collector_success", collector="process") == 1
         assert sample(parsed, "hoofhearted_collector_success", collector="memory") == 1
+        # the live page's files are package data too
+        for path, kind in (("/", "text/html"), ("/page.css", "text/css"), ("/page.js", "text/javascript")):
+            with open(os.path.join(ROOT, "exporter", "web", "index.html" if path == "/" else path[1:]), "rb") as f:
+                first = f.read(40)
+            r = requests.get(f"http://{exp.address}{path}", timeout=10)
+            assert r.status_code == 200 and r.headers["Content-Type"].startswith(kind), path
+            assert r.content[:40] == first, path
     finally:
         code = exp.stop()
     assert code == 0, "".join(exp.lines)
