@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import verdict
-from exporter.collectors.base import counter, gauge
+from exporter.families import Family
 from exporter.sources.processes import Identity, Proc
 
 MiB = 1024 * 1024
@@ -35,10 +35,10 @@ class Table:
 def families(text):
     out = []
     for fam in text_string_to_metric_families(text):
-        labels = sorted({k for s in fam.samples for k in s.labels})
-        f = (counter if fam.type == "counter" else gauge)(fam.name, fam.documentation or "x", labels)
+        f = Family(fam.name, fam.documentation or "x", fam.type if fam.type != "unknown" else "gauge",
+                   sorted({k for s in fam.samples for k in s.labels}))
         for s in fam.samples:
-            f.add_metric([s.labels.get(k, "") for k in labels], s.value)
+            f.add_metric([s.labels.get(k, "") for k in f._labelnames], s.value)
         out.append(f)
     return out
 

@@ -5,18 +5,17 @@ last refresh), so tests can register one in a fresh ``CollectorRegistry`` and re
 with ``get_sample_value``. The scheduler calls ``update(now)`` from its tier thread; scrapes
 never call into a collector.
 """
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from ..families import Family
 
 __all__ = ["Collector", "gauge", "counter"]
 
 
 def gauge(name, documentation, labels=()):
-    return GaugeMetricFamily(name, documentation, labels=labels)
+    return Family(name, documentation, "gauge", labels)
 
 
 def counter(name, documentation, labels=()):
-    """A counter family; its name may end in '_total' or not, its samples always do."""
-    return CounterMetricFamily(name, documentation, labels=labels)
+    return Family(name, documentation, "counter", labels)
 
 
 class Collector:
