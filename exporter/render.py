@@ -1,9 +1,9 @@
 """Exposition: metric families to bytes, once per refresh.
 
-Text format 0.0.4 and OpenMetrics 1.0 are written here, byte for byte what prometheus_client's
-writers give (tests/test_render_openmetrics.py compares them): importing prometheus_client in the
-exporter costs about 3 MB of peak RSS, and 40 MB at 5,000 processes is a README target
-(docs/design.md has the figures).
+Text format 0.0.4 and OpenMetrics 1.0 are written here: OpenMetrics byte for byte what
+prometheus_client's writer gives, text sample for sample (tests/test_render_openmetrics.py
+compares them). Importing prometheus_client in the exporter costs about 3 MB of peak RSS, and
+under 40 MB at 5,000 processes is a README target (docs/design.md has the figures).
 """
 from .families import float_to_go as floatToGoString
 
