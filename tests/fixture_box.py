@@ -128,11 +128,35 @@ def box_collectors(tmp):
     return built, cfg
 
 
+def bump_process(procfs, pid, ticks):
+    """Advance a process's utime (field 14 of /proc/PID/stat) by `ticks`."""
+    path = os.path.join(procfs, str(pid), "stat")
+    head, _, rest = open(path).read().rpartition(")")
+    fields = rest.split(" ")
+    fields[12] = str(int(fields[12]) + ticks)      # rest starts with the space after ')'
+    with open(path, "w") as f:
+        f.write(head + ")" + " ".join(fields))
+
+
+def bump_engine(path, engine, ns):
+    lines = []
+    for line in open(path):
+        if line.startswith(f"drm-engine-{engine}:"):
+            line = f"drm-engine-{engine}:\t{int(line.split()[1]) + ns} ns\n"
+        lines.append(line)
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
 def refresh_twice(built, procfs):
+    """Two refreshes a second apart: the host 50 % busy, the miner burning one core, vim keeping
+    the Intel iGPU's render engine 40 % busy."""
     families = []
     for c in built:
         c.refresh(100.0)
     bump_stat(os.path.join(procfs, "stat"), 100)
+    bump_process(procfs, 31337, os.sysconf("SC_CLK_TCK"))
+    bump_engine(os.path.join(procfs, "26231", "fdinfo", "9"), "render", 400_000_000)
     for c in built:
         families += c.refresh(101.0)
     return families
