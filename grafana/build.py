@@ -400,6 +400,8 @@ def home():
         description="Share of this GPU's time used by each process (its busiest engine), stacked; dashed: "
                     "the GPU's busy. One panel per GPU: shares of different GPUs never add up.")), 24, 7)
 
+    heat_row(b)
+
     b.row("Live (Grafana Live stream from the exporter, every second, no polling)")
     live_help = ("Pushed by the exporter when grafana_live is configured; shows nothing otherwise. "
                  "Not filtered by the Host variable: every pushing host appears.")
@@ -414,6 +416,44 @@ def home():
     b.add(stat("Live verdict", [live_target("culprit", ["time", "labels", "verdict"])], text="value",
                color="none", fields="/^verdict$/", description=live_help), 24, 3)  # a text field
     return b
+
+
+PACKAGES = 'domain=~"package-[0-9]+"'
+GPU_DOMAINS = 'domain=~"gpu.*"'
+
+
+def power_by_process(title, domains, measured, measured_legend):
+    """Watts per process group in some domains, stacked with the idle and other parts, so the
+    stack reaches the measured power (dashed)."""
+    return timeseries(title, targets(
+        (f"hoofhearted_process_group_power_watts{{{I}, {domains}}}", "{{group}} ({{domain}})"),
+        (f"hoofhearted_power_unattributed_watts{{{I}, {domains}}}", "{{part}} ({{domain}})"),
+        (measured, measured_legend)), unit="watt", stack=True, minimum=0,
+        overrides=[override("#C", custom__stacking={"group": "A", "mode": "none"}, custom__fillOpacity=0,
+                            custom__lineStyle={"dash": [10, 10], "fill": "dash"},
+                            color={"mode": "fixed", "fixedColor": "red"})],
+        description="Estimates: the measured power split into idle (the not-busy share), the process groups "
+                    "(by CPU time, or GPU engine time) and other (busy time no process accounts for); dashed: "
+                    "the measured power. See docs/processes.md, Watts per process.")
+
+
+def heat_row(b):
+    """What heats this box: each part's power and who draws it (where power is measured)."""
+    b.row("What heats this box: power by part and by process (estimates)")
+    b.add(stat("Power by part", targets(
+        (f"hoofhearted_cpu_power_watts{{{I}, {PACKAGES}}}", "CPU {{domain}}"),
+        (f"hoofhearted_gpu_power_watts{{{IG}}}", "GPU{{gpu}}")), unit="watt", decimals=0, graph="area",
+        description="Measured power of each CPU package (RAPL) and GPU. Nothing here for the CPU when "
+                    "hoofhearted_rapl_readable is 0: the exporter's log says why."), 8, 7)
+    b.add(stat("Culprits' watts", targets(
+        (f"hoofhearted_culprit_power_watts{{{I}}} * on(instance, job, rank) group_left(kind, name, user) "
+         f"hoofhearted_culprit_info{{{I}}}", "{{rank}}. {{name}} ({{user}})")), unit="watt", decimals=1,
+        graph="none", color="value", steps=thresholds(("text", None)),
+        description="Watts the verdict's culprits draw in CPU packages, DRAM and GPUs (estimates)."), 16, 7)
+    b.add(power_by_process("CPU package power by process (stacked)", PACKAGES,
+                           f"hoofhearted_cpu_power_watts{{{I}, {PACKAGES}}}", "measured ({{domain}})"), 24, 8)
+    b.add(power_by_process("GPU power by process (stacked)", GPU_DOMAINS,
+                           f"hoofhearted_gpu_power_watts{{{IG}}}", "measured (GPU{{gpu}})"), 24, 8)
 
 
 def gpu():

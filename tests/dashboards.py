@@ -338,7 +338,7 @@ class Stack:
 
     def __init__(self, prometheus_binary):
         self.dir = tempfile.mkdtemp(prefix="hoofhearted-dash-")
-        self.exporters, self.prom, self.miner, self.receiver = [], None, None, None
+        self.exporters, self.prom, self.miner, self.receiver, self.ticker = [], None, None, None, None
         try:
             self._start(prometheus_binary)
         except BaseException:
@@ -346,8 +346,9 @@ class Stack:
             raise
 
     def _start(self, prometheus_binary):
-        from fixture_box import make_sysfs
+        from fixture_box import EnergyTicker, make_sysfs
         sysfs = make_sysfs(os.path.join(self.dir, "sys"))
+        self.ticker = EnergyTicker(sysfs)       # RAPL counters move: package power and watts per process
         # A process named like a known miner (a copy of sleep), so the miner panel has a row.
         miner = os.path.join(self.dir, "xmrig")
         shutil.copy(shutil.which("sleep"), miner)
@@ -376,6 +377,8 @@ class Stack:
         raise RuntimeError("targets not scraped:\n" + self.prom.output())
 
     def stop(self):
+        if self.ticker:
+            self.ticker.stop()
         if self.prom:
             self.prom.stop()
         for exp in self.exporters:
