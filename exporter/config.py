@@ -379,11 +379,19 @@ def _set(d, path, value):
     d[path[-1]] = value
 
 
-def _flatten(data, prefix=()):
+def _report(errors, err):
+    """Raise a ConfigError, or collect it when the caller wants every error (check-config)."""
+    if errors is None:
+        raise err
+    errors.append(err)
+
+
+def _flatten(data, prefix=(), errors=None):
     """Nested YAML mapping -> {path: value}, naming unknown keys."""
     if not isinstance(data, dict):
         where = ".".join(prefix) or "top level"
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        _report(errors, ConfigError(f"{where}: expected a mapping, got {type(data).__name__}"))
+        return
     for key, val in data.items():
         path = prefix + (str(key),)
         dotted = ".".join(path)
@@ -392,9 +400,9 @@ def _flatten(data, prefix=()):
         elif any(p[:len(path)] == path for p in FIELDS):
             if val is None:
                 continue
-            yield from _flatten(val, path)
+            yield from _flatten(val, path, errors)
         else:
-            raise ConfigError(f"{dotted}: unknown key")
+            _report(errors, ConfigError(f"{dotted}: unknown key"))
 
 
 def read_yaml(path, what="config file", error=ConfigError):
@@ -417,46 +425,58 @@ def read_yaml(path, what="config file", error=ConfigError):
         raise error(f"{what} {path}: bad YAML: {e}") from None
 
 
-def load_file(path):
+def _parse_all(items, errors):
+    """{path: parsed value} of (path, name for messages, value, from_text) items."""
+    out = {}
+    for p, name, v, from_text in items:
+        try:
+            out[p] = FIELDS[p].parse(name, v, from_text=from_text)
+        except ConfigError as e:
+            _report(errors, e)
+    return out
+
+
+def load_file(path, errors=None):
     """Read and validate a YAML config file into {path: value} overrides."""
     data = read_yaml(path)
     if data is None:
         return {}
-    out = {}
-    for p, v in _flatten(data):
-        out[p] = FIELDS[p].parse(".".join(p), v)
-    return out
+    return _parse_all(((p, ".".join(p), v, False) for p, v in _flatten(data, errors=errors)), errors)
 
 
 def env_name(path):
     return "HOOFHEARTED_" + "_".join(path).upper()
 
 
-def from_env(environ):
+def from_env(environ, errors=None):
     known = {env_name(p): p for p in FIELDS}
-    out = {}
+    items = []
     for key, val in environ.items():
         if not key.startswith("HOOFHEARTED_"):
             continue
         if key not in known:
-            raise ConfigError(f"{key}: unknown environment variable")
-        p = known[key]
-        out[p] = FIELDS[p].parse(key, val, from_text=True)
-    return out
+            _report(errors, ConfigError(f"{key}: unknown environment variable"))
+            continue
+        items.append((known[key], key, val, True))
+    return _parse_all(items, errors)
 
 
-def build(file=None, environ=None, flags=None):
+def build(file=None, environ=None, flags=None, flag_names=None, errors=None):
     """Merge defaults < file < environment < flags into one validated nested dict.
 
-    ``flags`` is {path tuple: value} with values already typed or as text.
+    ``flags`` is {path tuple: value} with values already typed or as text; ``flag_names``
+    {path tuple: "--flag.name"} spells them in messages as the user typed them. With an
+    ``errors`` list, every bad setting is appended to it and the rest still merged; without,
+    the first one raises.
     """
     cfg = defaults()
+    names = flag_names or {}
     layers = []
     if file:
-        layers.append(load_file(file))
-    layers.append(from_env(environ if environ is not None else os.environ))
-    layers.append({p: FIELDS[p].parse("--" + ".".join(p), v, from_text=isinstance(v, str))
-                   for p, v in (flags or {}).items()})
+        layers.append(load_file(file, errors))
+    layers.append(from_env(environ if environ is not None else os.environ, errors))
+    layers.append(_parse_all(((p, names.get(p, "--" + ".".join(p)), v, isinstance(v, str))
+                              for p, v in (flags or {}).items()), errors))
     for layer in layers:
         for p, v in layer.items():
             _set(cfg, p, v)

@@ -71,10 +71,10 @@ class BadRequest(Exception):
 
 
 class Request:
-    __slots__ = ("method", "path", "minor", "headers", "keep_alive", "deadline")
+    __slots__ = ("method", "path", "headers", "keep_alive", "deadline")
 
-    def __init__(self, method, path, minor, headers, keep_alive):
-        self.method, self.path, self.minor = method, path, minor
+    def __init__(self, method, path, headers, keep_alive):
+        self.method, self.path = method, path
         self.headers, self.keep_alive = headers, keep_alive
         self.deadline = None
 
@@ -130,7 +130,7 @@ def parse_head(head):
             raise BadRequest(400, "bad request target")
         path = target[m.end():] or "/"
     path = path.split("?", 1)[0].split("#", 1)[0]
-    return Request(method, path, minor, headers, keep_alive)
+    return Request(method, path, headers, keep_alive)
 
 
 def _head_end(buf):
@@ -392,7 +392,6 @@ class Connection(asyncio.Protocol):
             self._respond(429, b"rate limit exceeded\n")
             return
         if srv.in_flight >= srv.max_requests:
-            srv.rejected += 1
             self._respond(503, b"too many requests in flight\n", close=True)
             return
         req.deadline = self.loop.time() + scrape_budget(req.headers, srv.read_timeout)
@@ -562,7 +561,6 @@ class Server:
         self.connections = {}
         self.in_flight = 0
         self.requests = 0
-        self.rejected = 0
         self.loop = None
         self._thread = None
         self._started = threading.Event()

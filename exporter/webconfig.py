@@ -544,7 +544,6 @@ class ServerSecurity:
         self._checked = clock()
         self._lock = threading.RLock()     # a second SIGHUP may arrive inside the first one's reload
         self.checker = Checker()
-        self.reloads = 0
         if path:
             log.info("web config loaded file=%s %s", path, self.current.describe())
 
@@ -592,7 +591,6 @@ class ServerSecurity:
             self._sig = _signature(new.files)
             self._bad_sig = None
             self.current = new
-            self.reloads += 1
         log.info("web config loaded file=%s %s", self.path, new.describe())
         return True
 
