@@ -442,12 +442,12 @@ def heat_row(b):
     b.row("What heats this box: power by part and by process (estimates)")
     b.add(stat("Power by part", targets(
         (f"hoofhearted_cpu_power_watts{{{I}, {PACKAGES}}}", "CPU {{domain}}"),
-        (f"hoofhearted_gpu_power_watts{{{IG}}}", "GPU{{gpu}}")), unit="watt", decimals=0, graph="area",
+        (f"hoofhearted_gpu_power_watts{{{IG}}}", "GPU{{gpu}}"), instant=True), unit="watt", decimals=0,
         description="Measured power of each CPU package (RAPL) and GPU. Nothing here for the CPU when "
                     "hoofhearted_rapl_readable is 0: the exporter's log says why."), 8, 7)
     b.add(stat("Culprits' watts", targets(
         (f"hoofhearted_culprit_power_watts{{{I}}} * on(instance, job, rank) group_left(kind, name, user) "
-         f"hoofhearted_culprit_info{{{I}}}", "{{rank}}. {{name}} ({{user}})")), unit="watt", decimals=1,
+         f"hoofhearted_culprit_info{{{I}}}", "{{rank}}. {{name}} ({{user}})"), instant=True), unit="watt", decimals=1,
         graph="none", color="value", steps=thresholds(("text", None)),
         description="Watts the verdict's culprits draw in CPU packages, DRAM and GPUs (estimates)."), 16, 7)
     b.add(power_by_process("CPU package power by process (stacked)", PACKAGES,
