@@ -22,12 +22,13 @@ class ConfigError(Exception):
 
 
 class Field:
-    def __init__(self, kind, default, check=None, expect=None, nullable=False):
+    def __init__(self, kind, default, check=None, expect=None, nullable=False, lo=None, hi=None):
         self.kind = kind          # "int", "float", "bool", "str", "list_int", "list_str"
         self.default = default
         self.check = check        # callable(value) -> bool
         self.expect = expect      # words for the error message
         self.nullable = nullable
+        self.lo, self.hi = lo, hi  # inclusive bounds of a number
 
     def parse(self, key, value, from_text=False):
         if self.nullable and (value is None or (from_text and value == "")):
@@ -35,9 +36,41 @@ class Field:
         if from_text:
             value = _from_text(self.kind, value)
         ok, value = _coerce(self.kind, value)
+        if ok and self.lo is not None and not (self.lo <= value <= self.hi):   # also NaN
+            ok = False
         if not ok or (self.check and not self.check(value)):
-            raise ConfigError(f"{key}: expected {self.expect or _WORDS[self.kind]}, got {value!r}")
+            bounds = f" (allowed: {_num(self.lo)} to {_num(self.hi)})" if self.lo is not None else ""
+            raise ConfigError(f"{key}: expected {self.expect or _WORDS[self.kind]}, got {shown(value)}{bounds}")
         return value
+
+
+def _num(x):
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def shown(value):
+    """A bad value for an error message: short words and numbers as they are, anything else by
+    its kind only, so a file that is not a config (a key file, /etc/shadow) is never echoed."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        if _SHOWABLE.fullmatch(value):
+            return repr(value)
+        return f"a string of {len(value)} characters"
+    if isinstance(value, list) and len(value) <= 8 and all(
+            isinstance(x, (bool, int, float)) or (isinstance(x, str) and _SHOWABLE.fullmatch(x)) for x in value):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def key_shown(key):
+    """A key for an error message: named when it looks like a key, else withheld."""
+    key = str(key)
+    return key if _SHOWABLE_KEY.fullmatch(key) else "(a key that is not shown)"
+
+
+_SHOWABLE = re.compile(r"[A-Za-z0-9_.:\[\]/+-]{1,40}")
+_SHOWABLE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 _WORDS = {
@@ -147,8 +180,13 @@ def _group_by(v):
     return v in ("name", "user", "owner")
 
 
-def _module_name(v):
-    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", v) is not None
+# The NVML bindings gpu.nvml_module may name: importing is running code, so nothing else.
+# tests.fakenvml.<scenario> is the project's own fake (real pynvml over a fake library).
+NVML_MODULES = ("pynvml", "py3nvml.py3nvml", "tests.fakenvml.<scenario>")
+
+
+def _nvml_module(v):
+    return v in NVML_MODULES[:2] or re.fullmatch(r"tests\.fakenvml\.[a-z][a-z0-9_]*", v) is not None
 
 
 def _url(v):
@@ -176,11 +214,11 @@ SCHEMA = {
     "web": {
         "listen_address": Field("str", "127.0.0.1:10101", _listen, "host:port"),
         "config_file": Field("str", None, nullable=True),
-        "max_requests": Field("int", 40, _positive, "a positive integer"),
-        "read_timeout_seconds": Field("float", 5.0, _positive, "a positive number"),
-        "max_header_bytes": Field("int", 8192, _positive, "a positive integer"),
-        "max_connections": Field("int", 512, _positive, "a positive integer"),
-        "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number"),
+        "max_requests": Field("int", 40, _positive, "a positive integer", lo=1, hi=10000),
+        "read_timeout_seconds": Field("float", 5.0, _positive, "a positive number", lo=0.1, hi=300),
+        "max_header_bytes": Field("int", 8192, _positive, "a positive integer", lo=1024, hi=1 << 20),
+        "max_connections": Field("int", 512, _positive, "a positive integer", lo=1, hi=65536),
+        "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number", lo=0.1, hi=86400),
     },
     "paths": {
         "procfs": Field("str", "/proc"),
@@ -190,11 +228,11 @@ SCHEMA = {
     "log": {
         "level": Field("str", "info", _level, "one of debug, info, warning, error"),
     },
-    "tiers": {t: Field("float", d, _positive, "a positive number of seconds")
+    "tiers": {t: Field("float", d, _positive, "a positive number of seconds", lo=0.05, hi=86400)
               for t, d in zip(TIERS, (1.0, 2.0, 5.0, 10.0))},
     "refresh": {
-        "timeout_seconds": Field("float", 5.0, _positive, "a positive number of seconds"),
-        "stale_after_intervals": Field("int", 5, _positive, "a positive integer"),
+        "timeout_seconds": Field("float", 5.0, _positive, "a positive number of seconds", lo=0.05, hi=3600),
+        "stale_after_intervals": Field("int", 5, _positive, "a positive integer", lo=1, hi=1000),
     },
     "collectors": {
         name: {
@@ -205,8 +243,8 @@ SCHEMA = {
     },
     "escalation": {
         "enabled": Field("bool", True),
-        "cpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number"),
-        "gpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number"),
+        "cpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number", lo=1, hi=250),
+        "gpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number", lo=1, hi=250),
         "cpu_busy_ratio": Field("float", 0.9, _ratio, "a ratio between 0 and 1"),
     },
     "network": {
@@ -217,28 +255,30 @@ SCHEMA = {
                          _regex, "a regular expression"),
     },
     "process": {
-        "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
+        "top_n": Field("int", 10, _non_negative, "a non-negative integer", lo=0, hi=1000),
         "group_by": Field("str", "name", _group_by, "one of name, user, owner"),
-        "max_groups": Field("int", 50, _positive, "a positive integer"),
-        "group_min_cpu_cores": Field("float", 0.01, _non_negative, "a non-negative number"),
-        "group_min_memory_bytes": Field("int", 64 * 1024 * 1024, _non_negative, "a non-negative integer"),
-        "group_hold_seconds": Field("float", 300.0, _non_negative, "a non-negative number of seconds"),
+        "max_groups": Field("int", 50, _positive, "a positive integer", lo=1, hi=1000),
+        "group_min_cpu_cores": Field("float", 0.01, _non_negative, "a non-negative number", lo=0, hi=65536),
+        "group_min_memory_bytes": Field("int", 64 * 1024 * 1024, _non_negative, "a non-negative integer",
+                                        lo=0, hi=1 << 60),
+        "group_hold_seconds": Field("float", 300.0, _non_negative, "a non-negative number of seconds",
+                                    lo=0, hi=7 * 86400),
         "cmdline": Field("bool", False),
-        "cmdline_max_length": Field("int", 200, _positive, "a positive integer"),
+        "cmdline_max_length": Field("int", 200, _positive, "a positive integer", lo=1, hi=8192),
         "miner_names_file": Field("str", None, nullable=True),
         "stratum_ports": Field("list_int", [3333, 4444, 5555, 7777, 14444], _port_list, "a list of TCP ports"),
-        "stratum_min_cpu_cores": Field("float", 0.5, _non_negative, "a non-negative number"),
+        "stratum_min_cpu_cores": Field("float", 0.5, _non_negative, "a non-negative number", lo=0, hi=65536),
     },
     "gpu": {
-        "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
-        "max_groups": Field("int", 10, _positive, "a positive integer"),
-        "nvml_module": Field("str", "pynvml", _module_name, "a Python module name"),
+        "top_n": Field("int", 10, _non_negative, "a non-negative integer", lo=0, hi=1000),
+        "max_groups": Field("int", 10, _positive, "a positive integer", lo=1, hi=1000),
+        "nvml_module": Field("str", "pynvml", _nvml_module, "one of " + ", ".join(NVML_MODULES)),
     },
     "grafana_live": {
         "url": Field("str", None, _url, "an http(s) URL", nullable=True),
         "token": Field("str", None, nullable=True),
         "token_file": Field("str", None, nullable=True),
-        "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds"),
+        "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds", lo=0.05, hi=60),
     },
 }
 
@@ -274,7 +314,7 @@ def _flatten(data, prefix=()):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     for key, val in data.items():
         path = prefix + (str(key),)
-        dotted = ".".join(path)
+        dotted = ".".join(prefix + (key_shown(key),))
         if path in FIELDS:
             yield path, val
         elif any(p[:len(path)] == path for p in FIELDS):
@@ -283,6 +323,34 @@ def _flatten(data, prefix=()):
             yield from _flatten(val, path)
         else:
             raise ConfigError(f"{dotted}: unknown key")
+
+
+_QUOTED = re.compile(r"""\s*(?:'[^']*'|"[^"]*"|%r)""")
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line):
+        super().__init__(f"duplicate key {key}")
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:       # unhashable keys: SafeLoader reports them itself
+                continue
+            if dup:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path, what="config file", error=ConfigError):
@@ -295,11 +363,14 @@ def read_yaml(path, what="config file", error=ConfigError):
     except UnicodeDecodeError:
         raise error(f"{what} {path}: not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
+    except DuplicateKey as e:
+        raise error(f"{what} {path}: duplicate key {key_shown(e.key)} at line {e.line}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
+        # PyYAML quotes what it found; the file may not be ours to show (a key, /etc/shadow)
+        problem = _QUOTED.sub("", getattr(e, "problem", None) or "invalid YAML").strip()
         raise error(f"{what} {path}: bad YAML{where}: {problem}") from None
     except (ValueError, RecursionError) as e:   # an impossible date (2001-13-45), absurd nesting
         raise error(f"{what} {path}: bad YAML: {e}") from None

@@ -4,8 +4,11 @@ One event-loop thread serves every connection, so a slow or idle client holds no
 - a request head must arrive within web.read_timeout_seconds of its first byte (else 408) and
   fit in web.max_header_bytes (else 431); a new connection must start within the same time,
   a kept-alive one may idle for web.idle_timeout_seconds;
-- at most web.max_requests requests are in flight (waiting for a password check or for a slow
-  reader to take the answer); more get 503 at once;
+- a request whose credentials were checked before (or that needs none) is answered at once;
+  one that needs a password check waits for it, and at most min(web.max_requests, 8) such
+  checks wait at a time (2 for connections whose password already failed); more get 503 at
+  once, so neither a flood of wrong passwords nor clients that never read their answers
+  (their writes wait outside any budget, cut off after the read timeout) starve a scrape;
 - at most web.max_connections connections are open; a new one pushes out the connection that
   has waited longest without completing a request;
 - TLS handshakes run in the loop without blocking it, each bounded by the read timeout.
@@ -46,8 +49,27 @@ _ABSOLUTE = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 SCRAPE_TIMEOUT = "x-prometheus-scrape-timeout-seconds"
 
 
+def _accepts(header, media_type):
+    """Whether an Accept header lists ``media_type`` with a q above 0."""
+    for part in (header or "").split(","):
+        token, *params = part.split(";")
+        if token.strip().lower() != media_type:
+            continue
+        q = 1.0
+        for p in params:
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            return True
+    return False
+
+
 def wants_openmetrics(accept):
-    return "application/openmetrics-text" in (accept or "")
+    return _accepts(accept, "application/openmetrics-text")
 
 
 def wants_gzip(accept_encoding):
@@ -83,7 +105,7 @@ def parse_head(head):
     m = _VERSION.fullmatch(version)
     if not m or not _TOKEN.fullmatch(method) or not target:
         raise BadRequest(400, "malformed request line")
-    if m.group(1) != "1":
+    if m.group(1) != "1" or m.group(2) not in ("0", "1"):
         raise BadRequest(505, "only HTTP/1.0 and HTTP/1.1")
     minor = int(m.group(2))
     headers = {}
@@ -169,6 +191,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.reading = True
         self.kept = False
+        self.failed_auth = False     # a password from this connection was wrong before
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -185,7 +208,6 @@ class Connection(asyncio.Protocol):
         self._arm(srv.read_timeout, self._idle_timeout)
         security = srv.security
         if security is not None:
-            security.maybe_reload()
             tls = security.current.tls
             if tls is not None:
                 self.state = "tls"
@@ -288,13 +310,12 @@ class Connection(asyncio.Protocol):
     # -- flow control ------------------------------------------------------------------------
 
     def pause_writing(self):
+        # Held outside any budget: max_connections bounds these, the write timeout ends them.
         self.write_paused = True
-        self._count()
         self._arm(self.srv.read_timeout, self._write_timeout)
 
     def resume_writing(self):
         self.write_paused = False
-        self._uncount()
         if self.state == "closed":
             return
         if self.state == "closing":
@@ -305,13 +326,13 @@ class Connection(asyncio.Protocol):
 
     def _count(self):
         if not self.counted:
-            self.counted = True
-            self.srv.in_flight += 1
+            self.counted = "failing" if self.failed_auth else "checks"
+            self.srv.in_flight[self.counted] += 1
 
     def _uncount(self):
         if self.counted:
+            self.srv.in_flight[self.counted] -= 1
             self.counted = False
-            self.srv.in_flight -= 1
 
     def _pause_reading(self):
         if self.reading and self.transport is not None:
@@ -371,22 +392,20 @@ class Connection(asyncio.Protocol):
             return
         srv.requests += 1
         self.req = req
-        web = None
-        if srv.security is not None:
-            srv.security.maybe_reload()
-            web = srv.security.current
+        web = srv.security.current if srv.security is not None else None
         if web is not None and web.limiter is not None and not web.limiter.allow():
             self._respond(429, b"rate limit exceeded\n")
-            return
-        if srv.in_flight >= srv.max_requests:
-            srv.rejected += 1
-            self._respond(503, b"too many requests in flight\n", close=True)
             return
         req.deadline = self.loop.time() + scrape_budget(req.headers, srv.read_timeout)
         if web is not None and web.users:
             header = req.headers.get("authorization")
             ok = web.auth.cached(header)
             if ok is None:
+                budget = "failing" if self.failed_auth else "checks"
+                if srv.in_flight[budget] >= srv.limits[budget]:
+                    srv.rejected += 1
+                    self._respond(503, b"too many password checks in flight\n", close=True)
+                    return
                 self.state = "busy"
                 self._count()
                 self._pause_reading()
@@ -411,33 +430,41 @@ class Connection(asyncio.Protocol):
         self._process()
 
     def _unauthorized(self):
+        self.failed_auth = True
         self._respond(401, b"unauthorized\n", extra=b'WWW-Authenticate: Basic realm="hoofhearted"\r\n')
 
     def _serve(self, req):
-        head = req.method == "HEAD"
         if req.method not in ("GET", "HEAD"):
             self._respond(405, b"method not allowed\n", extra=b"Allow: GET, HEAD\r\n", close=True)
             return
-        srv, path = self.srv, req.path
-        if path == "/metrics":
-            om = wants_openmetrics(req.headers.get("accept"))
-            gz = wants_gzip(req.headers.get("accept-encoding"))
-            body = srv.scheduler.body(openmetrics=om, gzipped=gz)
-            extra = b"Content-Encoding: gzip\r\nVary: Accept, Accept-Encoding\r\n" if gz \
-                else b"Vary: Accept, Accept-Encoding\r\n"
-            self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
-        elif path == "/":
-            page = LANDING.format(version=html.escape(__version__)).encode()
-            self._respond(200, page, "text/html; charset=utf-8", head=head)
-        elif path == "/-/healthy":
+        handler = ROUTES.get(req.path)
+        if handler is None:
+            self._respond(404, b"not found\n", head=req.method == "HEAD")
+            return
+        handler(self, req, req.method == "HEAD")
+
+    # -- routes: (conn, request, head only) -> one _respond ------------------------------------
+
+    def _metrics(self, req, head):
+        om = wants_openmetrics(req.headers.get("accept"))
+        gz = wants_gzip(req.headers.get("accept-encoding"))
+        body = self.srv.scheduler.body(openmetrics=om, gzipped=gz)
+        extra = b"Content-Encoding: gzip\r\nVary: Accept, Accept-Encoding\r\n" if gz \
+            else b"Vary: Accept, Accept-Encoding\r\n"
+        self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
+
+    def _landing(self, req, head):
+        page = LANDING.format(version=html.escape(__version__)).encode()
+        self._respond(200, page, "text/html; charset=utf-8", head=head)
+
+    def _healthy(self, req, head):
+        self._respond(200, b"OK\n", head=head)
+
+    def _ready(self, req, head):
+        if self.srv.scheduler.ready():
             self._respond(200, b"OK\n", head=head)
-        elif path == "/-/ready":
-            if srv.scheduler.ready():
-                self._respond(200, b"OK\n", head=head)
-            else:
-                self._respond(503, b"not ready: collectors have not refreshed yet\n", head=head)
         else:
-            self._respond(404, b"not found\n", head=head)
+            self._respond(503, b"not ready: collectors have not refreshed yet\n", head=head)
 
     def _respond(self, code, body, content_type=PLAIN, extra=b"", head=False, close=False):
         """Headers and body in one write; then wait for the next request or close."""
@@ -469,6 +496,14 @@ class Connection(asyncio.Protocol):
             self._arm(self.srv.idle_timeout, self._idle_timeout)
 
 
+ROUTES = {
+    "/metrics": Connection._metrics,
+    "/": Connection._landing,
+    "/-/healthy": Connection._healthy,
+    "/-/ready": Connection._ready,
+}
+
+
 class Server:
     """Listening socket and event loop. ``serve_in_thread``, ``shutdown``, ``server_close``."""
 
@@ -495,7 +530,9 @@ class Server:
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
         self.connections = {}
-        self.in_flight = 0
+        # password checks waiting, by budget: first tries, and connections that failed before
+        self.in_flight = {"checks": 0, "failing": 0}
+        self.limits = {"checks": max(1, min(max_requests, 8)), "failing": max(1, min(max_requests, 2))}
         self.requests = 0
         self.rejected = 0
         self.loop = None
@@ -542,12 +579,16 @@ class Server:
             loop.close()
 
     def serve_in_thread(self):
+        if self.security is not None:
+            self.security.watch()
         self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         self._thread.start()
         self._started.wait(5)
         return self._thread
 
     def shutdown(self, timeout=2.0):
+        if self.security is not None:
+            self.security.close()
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
