@@ -47,6 +47,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _ABSOLUTE = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 SCRAPE_TIMEOUT = "x-prometheus-scrape-timeout-seconds"
+PIPELINE_TURN = 4           # pipelined requests answered before other connections get a turn
 
 
 def _accepts(header, media_type):
@@ -192,6 +193,7 @@ class Connection(asyncio.Protocol):
         self.reading = True
         self.kept = False
         self.failed_auth = False     # a password from this connection was wrong before
+        self.turn = None             # booked call to go on with pipelined requests
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -250,6 +252,9 @@ class Connection(asyncio.Protocol):
 
     def _gone(self):
         self.state = "closed"
+        if self.turn is not None:
+            self.turn.cancel()
+            self.turn = None
         self._disarm()
         self._uncount()
         if self.job is not None:
@@ -357,7 +362,16 @@ class Connection(asyncio.Protocol):
 
     def _process(self):
         srv = self.srv
+        if self.turn is not None:
+            return                  # a turn is already booked
+        served = 0
         while self.state in ("idle", "head") and not self.write_paused:
+            if served >= PIPELINE_TURN:
+                # Take turns: a client that pipelines thousands of requests gets a few answered,
+                # then every other connection gets its go before the rest.
+                self._pause_reading()
+                self.turn = self.loop.call_soon(self._next_turn)
+                return
             if self.state == "idle":
                 if self.buf[:1] in (b"\r", b"\n"):
                     self.buf = bytearray(self.buf.lstrip(b"\r\n"))
@@ -374,6 +388,7 @@ class Connection(asyncio.Protocol):
                 return
             head = bytes(self.buf[:end])
             del self.buf[:end + sep]
+            served += 1
             try:
                 self._request(head)
             except Exception as e:   # never a traceback to the client, and keep serving
@@ -382,6 +397,11 @@ class Connection(asyncio.Protocol):
                     self._respond(500, b"internal error\n", close=True)
         if self.state == "idle" and not self.write_paused:
             self._resume_reading()
+
+    def _next_turn(self):
+        self.turn = None
+        if self.state not in ("closed", "closing"):
+            self._process()
 
     def _request(self, head):
         srv = self.srv
