@@ -382,8 +382,11 @@ def load_file(path):
     if data is None:
         return {}
     out = {}
-    for p, v in _flatten(data):
-        out[p] = FIELDS[p].parse(".".join(p), v)
+    try:
+        for p, v in _flatten(data):
+            out[p] = FIELDS[p].parse(".".join(p), v)
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     return out
 
 
