@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
+from .textsafe import terminal
+
 DEFAULT_URL = "http://127.0.0.1:10101"
 BUSY_CORES = 0.5          # a process using this much CPU, or this share of a GPU, explains heat
 BUSY_GPU = 0.2
@@ -316,19 +318,20 @@ def main(argv=None):
         if args.url:
             reason = getattr(e, "reason", None) or e
             reason = getattr(reason, "strerror", None) or reason
-            print(f"hoofhearted why: error: cannot read {metrics_url(args.url)}: {reason}", file=sys.stderr)
+            print(terminal(f"hoofhearted why: error: cannot read {metrics_url(args.url)}: {reason}"),
+                  file=sys.stderr)
             return 2
         text, source = collect_locally(args.procfs, args.sysfs), "local collection"
     try:
         report = analyse(text, source)
     except ValueError as e:
-        print(f"hoofhearted why: error: {source} did not answer with metrics: {e}", file=sys.stderr)
+        print(terminal(f"hoofhearted why: error: {source} did not answer with metrics: {e}"), file=sys.stderr)
         return 2
     try:
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print("\n".join(lines(report)))
+            print("\n".join(terminal(line) for line in lines(report)))
         sys.stdout.flush()
     except BrokenPipeError:     # `hoofhearted why | head`
         sys.stdout = None
