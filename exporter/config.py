@@ -7,6 +7,7 @@ import copy
 import ipaddress
 import os
 import re
+import stat
 
 import yaml
 
@@ -129,6 +130,10 @@ def _non_negative(v):
     return v >= 0
 
 
+def _nonempty(v):
+    return v.strip() != "" and "\0" not in v
+
+
 def _ratio(v):
     return 0 <= v <= 1
 
@@ -221,9 +226,9 @@ SCHEMA = {
         "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number", lo=0.1, hi=86400),
     },
     "paths": {
-        "procfs": Field("str", "/proc"),
-        "sysfs": Field("str", "/sys"),
-        "rootfs": Field("str", "/"),
+        "procfs": Field("str", "/proc", _nonempty, "a directory"),
+        "sysfs": Field("str", "/sys", _nonempty, "a directory"),
+        "rootfs": Field("str", "/", _nonempty, "a directory"),
     },
     "log": {
         "level": Field("str", "info", _level, "one of debug, info, warning, error"),
@@ -353,13 +358,33 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path, what="config file", error=ConfigError):
-    """Parse a YAML file; every failure is one `error` line naming the file."""
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_yaml(path, what="config file", error=ConfigError, regular_only=False):
+    """Parse a YAML file of at most MAX_FILE_BYTES; every failure is one `error` line naming the
+    file. ``regular_only``: refuse FIFOs and devices (a file re-read while serving must not block)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        fd = os.open(path, flags)
+        try:
+            if regular_only and not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise error(f"{what} {path}: cannot read: not a regular file")
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES:
+                b = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                if not b:
+                    break
+                chunks.append(b)
+                size += len(b)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise error(f"{what} {path}: cannot read: {e.strerror or e}") from None
+    if size > MAX_FILE_BYTES:
+        raise error(f"{what} {path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{what} {path}: not UTF-8 text") from None
     try:

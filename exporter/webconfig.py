@@ -17,6 +17,7 @@ import os
 import queue
 import re
 import ssl
+import stat
 import tempfile
 import threading
 import time
@@ -144,12 +145,29 @@ class TLSSettings:
         return False
 
 
-def _read_file(path, key, name):
+def _read_file(path, key, name, limit=1 << 20):
+    """A certificate or key file: a regular file of at most ``limit`` bytes, read without
+    blocking (a FIFO or a device in its place is an error, not a hang)."""
     try:
-        with open(name, "rb") as f:
-            return f.read()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         _fail(path, key, f"cannot read {name}: {e.strerror or e}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _fail(path, key, f"cannot read {name}: not a regular file")
+        data = os.read(fd, limit + 1)
+        while data and len(data) <= limit:
+            more = os.read(fd, limit + 1 - len(data))
+            if not more:
+                break
+            data += more
+    except OSError as e:
+        _fail(path, key, f"cannot read {name}: {e.strerror or e}")
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        _fail(path, key, f"{name} is larger than {limit} bytes")
+    return data
 
 
 def _no_password():
@@ -395,7 +413,7 @@ class WebConfig:
 
 def load_web_config(path):
     """Read and validate a web config file; WebConfigError names the file and the key."""
-    data = read_yaml(path, "web config file", WebConfigError)
+    data = read_yaml(path, "web config file", WebConfigError, regular_only=True)
     empty = data is None           # an empty or comment-only file
     if empty:
         data = {}

@@ -5,17 +5,59 @@ directory: tests point them at fixture trees, containers at /host/proc and /host
 """
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 SECTOR_BYTES = 512
 
 
-def read_text(path):
+SYSFS_LIMIT = 8192              # a sysfs attribute is at most a page
+PROCFS_LIMIT = 16 << 20         # /proc tables: thousands of CPUs, mounts or interfaces fit
+
+
+class TooLarge(bytes):
+    """What read_bytes returns for a file over its limit: a reading no sensor could give."""
+
+
+def read_bytes(path, limit=SYSFS_LIMIT):
+    """At most ``limit`` bytes of a regular file, or None. Never blocks on a FIFO or a device
+    (opened non-blocking, and only regular files are read, as every sysfs and procfs file
+    is); a file longer than ``limit`` gives TooLarge(b"") instead of filling memory."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            b = os.read(fd, min(65536, limit + 1 - size))
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        if size > limit:
+            return TooLarge(b"")
+        return b"".join(chunks)
     except OSError:
         return None
+    finally:
+        os.close(fd)
+
+
+def read_text(path, limit=SYSFS_LIMIT):
+    """A small text file (sysfs attribute) as str, or None when it is missing, unreadable,
+    not a regular file or longer than ``limit``."""
+    data = read_bytes(path, limit)
+    if data is None or isinstance(data, TooLarge):
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def read_table(path):
+    """A procfs table (/proc/stat, mounts, net/dev): the same, with room for big machines."""
+    return read_text(path, PROCFS_LIMIT)
 
 
 @dataclass
@@ -42,7 +84,7 @@ def _times(fields):
 
 
 def read_cpu(procfs, sysfs):
-    text = read_text(os.path.join(procfs, "stat"))
+    text = read_table(os.path.join(procfs, "stat"))
     if text is None:
         raise OSError(f"cannot read {os.path.join(procfs, 'stat')}")
     total, cores = None, {}
@@ -58,7 +100,7 @@ def read_cpu(procfs, sysfs):
         raise ValueError("no cpu line in stat")
     snap = CPUSnapshot(total=total, cores=cores)
     snap.frequency_hz = read_cpu_frequency(procfs, sysfs, cores)
-    load = read_text(os.path.join(procfs, "loadavg"))
+    load = read_table(os.path.join(procfs, "loadavg"))
     if load:
         parts = load.split()
         snap.load = (float(parts[0]), float(parts[1]), float(parts[2]))
@@ -77,7 +119,7 @@ def read_cpu_frequency(procfs, sysfs, cores):
                 break
     if out:
         return out
-    text = read_text(os.path.join(procfs, "cpuinfo")) or ""
+    text = read_table(os.path.join(procfs, "cpuinfo")) or ""
     core = None
     for line in text.splitlines():
         key, _, val = line.partition(":")
@@ -101,7 +143,7 @@ class MemorySnapshot:
 
 
 def read_memory(procfs):
-    text = read_text(os.path.join(procfs, "meminfo"))
+    text = read_table(os.path.join(procfs, "meminfo"))
     if text is None:
         raise OSError(f"cannot read {os.path.join(procfs, 'meminfo')}")
     kb = {}
@@ -125,7 +167,9 @@ class DiskIO:
 
 
 def read_disks(procfs, exclude):
-    text = read_text(os.path.join(procfs, "diskstats")) or ""
+    text = read_table(os.path.join(procfs, "diskstats"))
+    if text is None:        # a wrong --path.procfs is a failure, not a box without disks
+        raise OSError(f"cannot read {os.path.join(procfs, 'diskstats')}")
     pattern = re.compile(exclude)
     out = []
     for line in text.splitlines():
@@ -151,7 +195,7 @@ def _unescape_mount(path):
 
 def real_fstypes(procfs):
     """Filesystem types backed by a device (no 'nodev' in /proc/filesystems)."""
-    text = read_text(os.path.join(procfs, "filesystems")) or ""
+    text = read_table(os.path.join(procfs, "filesystems")) or ""
     out = {"zfs"}
     for line in text.splitlines():
         parts = line.split()
@@ -161,7 +205,7 @@ def real_fstypes(procfs):
 
 
 def read_filesystems(procfs, rootfs, statvfs=os.statvfs):
-    text = read_text(os.path.join(procfs, "1", "mounts")) or read_text(os.path.join(procfs, "self", "mounts")) or ""
+    text = read_table(os.path.join(procfs, "1", "mounts")) or read_table(os.path.join(procfs, "self", "mounts")) or ""
     real = real_fstypes(procfs)
     seen, out = set(), []
     for line in text.splitlines():
@@ -190,7 +234,9 @@ class NetIO:
 
 def read_network(procfs, exclude):
     # /proc/1/net is the host's namespace when the exporter shares the host's PID namespace
-    text = read_text(os.path.join(procfs, "1", "net", "dev")) or read_text(os.path.join(procfs, "net", "dev")) or ""
+    text = read_table(os.path.join(procfs, "1", "net", "dev")) or read_table(os.path.join(procfs, "net", "dev"))
+    if text is None:
+        raise OSError(f"cannot read {os.path.join(procfs, 'net', 'dev')}")
     pattern = re.compile(exclude)
     out = []
     for line in text.splitlines()[2:]:

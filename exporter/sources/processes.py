@@ -19,6 +19,8 @@ import pwd
 import re
 import threading
 
+from .host import PROCFS_LIMIT, read_bytes, read_text
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SETTLE_SECONDS = 1.0   # identity read younger than this is read again on the next pass
@@ -153,8 +155,9 @@ class UserNames:
     """uid -> name, from the host's passwd: rootfs/etc/passwd when rootfs is not '/' (then never
     this container's own user database, which would name the wrong users); the number otherwise."""
 
-    def __init__(self, rootfs="/"):
+    def __init__(self, rootfs="/", getpwuid=pwd.getpwuid):
         self.rootfs = rootfs or "/"
+        self.getpwuid = getpwuid
         self.names = {}
         self._file = None
         if os.path.realpath(self.rootfs) != "/":
@@ -163,14 +166,13 @@ class UserNames:
     @staticmethod
     def _read_passwd(path):
         out = {}
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    parts = line.split(":")
-                    if len(parts) > 2 and parts[2].isdigit():
-                        out.setdefault(int(parts[2]), parts[0])
-        except OSError:
+        text = read_text(path, PROCFS_LIMIT)
+        if text is None:
             return None
+        for line in text.splitlines():
+            parts = line.split(":")
+            if len(parts) > 2 and parts[2].isascii() and parts[2].isdigit():
+                out.setdefault(int(parts[2]), parts[0])
         return out
 
     def __call__(self, uid):
@@ -180,8 +182,10 @@ class UserNames:
                 name = self._file.get(uid)
             else:
                 try:
-                    name = pwd.getpwuid(uid).pw_name
-                except (KeyError, OverflowError):
+                    name = self.getpwuid(uid).pw_name
+                    # not UTF-8 in the user database: Python hands it over surrogate-escaped
+                    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                except (KeyError, OverflowError, UnicodeError):
                     name = None
             name = name or str(uid)
             self.names[uid] = name
@@ -193,7 +197,7 @@ class UserNames:
 def _read(path, dir_fd, size=4096):
     """Bytes of a small /proc file, or None when the process vanished or denies access."""
     try:
-        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -204,18 +208,21 @@ def _read(path, dir_fd, size=4096):
         os.close(fd)
 
 
-def _read_all(path, dir_fd):
+def _read_all(path, dir_fd, limit=4 << 20):
+    """A whole /proc file (cmdline), cut at ``limit`` (the kernel caps arguments lower)."""
     try:
-        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        chunks = []
-        while True:
+        chunks, size = [], 0
+        while size < limit:
             b = os.read(fd, 65536)
             if not b:
-                return b"".join(chunks)
+                break
             chunks.append(b)
+            size += len(b)
+        return b"".join(chunks)
     except OSError:
         return None
     finally:
@@ -235,19 +242,17 @@ class Scanner:
 
     def _boot_time(self):
         try:
-            with open(os.path.join(self.procfs, "stat"), "rb") as f:
-                for line in f:
-                    if line.startswith(b"btime "):
-                        return int(line.split()[1])
-        except (OSError, ValueError, IndexError):
+            for line in (read_bytes(os.path.join(self.procfs, "stat"), PROCFS_LIMIT) or b"").splitlines():
+                if line.startswith(b"btime "):
+                    return int(line.split()[1])
+        except (ValueError, IndexError):
             pass
         return None
 
     def _uptime(self):
         try:
-            with open(os.path.join(self.procfs, "uptime"), "rb") as f:
-                return float(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+            return float((read_bytes(os.path.join(self.procfs, "uptime")) or b"").split()[0])
+        except (ValueError, IndexError):
             return None
 
     def note_gpu_pids(self, pids):
@@ -306,6 +311,8 @@ class Scanner:
                 procs[proc.pid] = proc
         finally:
             os.close(dfd)
+        if not procs:       # not a procfs (a wrong --path.procfs): a failure, not an idle box
+            raise OSError(f"no processes under {self.procfs}")
         self._raw = raw
         return ProcessTable(procs, now, uptime, self.boot_time)
 
