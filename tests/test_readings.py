@@ -201,3 +201,26 @@ def test_empty_path_flags_are_refused(flag):
     r = subprocess.run([sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", flag],
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "expected a directory" in r.stderr, r.stderr
+
+
+def test_tcp_table_is_read_once_per_network_namespace(tmp_path):
+    """Two processes in one namespace: the second lookup uses the table read for the first. (The
+    fixture gives them different files to tell the reads apart; a real namespace has one table.)"""
+    from exporter.sources.processes import Scanner
+    proc = tmp_path / "proc"
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    for pid, inode, port in ((12, 5551, 3333), (14, 5553, 4444), (16, 5555, 5555)):
+        (proc / str(pid) / "net").mkdir(parents=True)
+        (proc / str(pid) / "ns").mkdir()
+        (proc / str(pid) / "net" / "tcp").write_text(
+            header + f"   0: 0100007F:A1B2 0200000A:{port:04X} 01 00000000:00000000 00:00000000 00000000  1000"
+                     f"        0 {inode} 1 0000000000000000 20 4 30 10 -1\n")
+        os.symlink("net:[4026531840]" if pid != 16 else "net:[4026532999]", proc / str(pid) / "ns" / "net")
+    (proc / "stat").write_text("btime 1\n")
+    s = Scanner(str(proc), str(tmp_path))
+    assert s.tcp_remote_ports(12, {5551}, when=1.0) == {3333}
+    assert s.tcp_remote_ports(14, {5553}, when=1.0) == set()          # same namespace: pid 12's table
+    assert s.tcp_remote_ports(14, {5551}, when=1.0) == {3333}
+    assert s.tcp_remote_ports(16, {5555}, when=1.0) == {5555}         # its own namespace, its own table
+    assert s.tcp_remote_ports(14, {5553}, when=2.0) == {4444}         # the next refresh reads again
+    assert s.tcp_remote_ports(14, {5553}) == {4444}

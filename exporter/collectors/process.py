@@ -313,7 +313,7 @@ class ProcessCollector(Collector):
         if seen is not None and when - seen[0] < STRATUM_RECHECK:
             return seen[1]
         inodes = self.scanner.sockets(proc.pid)
-        hit = bool(self.scanner.tcp_remote_ports(proc.pid, inodes) & self.stratum_ports)
+        hit = bool(self.scanner.tcp_remote_ports(proc.pid, inodes, when) & self.stratum_ports)
         self._stratum[key] = (when, hit)
         return hit
 
