@@ -224,3 +224,24 @@ def test_tcp_table_is_read_once_per_network_namespace(tmp_path):
     assert s.tcp_remote_ports(16, {5555}, when=1.0) == {5555}         # its own namespace, its own table
     assert s.tcp_remote_ports(14, {5553}, when=2.0) == {4444}         # the next refresh reads again
     assert s.tcp_remote_ports(14, {5553}) == {4444}
+
+
+def test_display_only_drm_card_costs_no_fd_scan(tmp_path):
+    """A server's BMC display adapter (ast) is a DRM card but no GPU: no fd scan for its clients."""
+    from exporter.collectors.gpu import GPUProcessCollector
+    from exporter.sources import drm, processes
+    for card, driver, slot in (("card0", "ast", "0000:03:00.0"),):
+        dev = tmp_path / "sys" / "class" / "drm" / card / "device"
+        dev.mkdir(parents=True)
+        (dev / "uevent").write_text(f"DRIVER={driver}\nPCI_SLOT_NAME={slot}\n")
+    (cards,) = [drm.list_cards(str(tmp_path / "sys"))]
+    assert [(c.driver, c.renders) for c in cards] == [("ast", False)]
+    proc = "/proc"
+    gp = GPUProcessCollector(None, procfs=proc, sysfs=str(tmp_path / "sys"), scanner=processes.Scanner(proc, "/"))
+    gp.refresh(0.0)
+    assert gp.fdinfo.last_full is None         # never looked at any process's fds
+    dev = tmp_path / "sys" / "class" / "drm" / "card1" / "device"
+    dev.mkdir(parents=True)
+    (dev / "uevent").write_text("DRIVER=amdgpu\nPCI_SLOT_NAME=0000:09:00.0\n")
+    gp.refresh(1.0)
+    assert gp.fdinfo.last_full == 1.0          # a real GPU: its clients are looked for
