@@ -186,12 +186,13 @@ def _group_by(v):
 
 
 # The NVML bindings gpu.nvml_module may name: importing is running code, so nothing else.
-# tests.fakenvml.<scenario> is the project's own fake (real pynvml over a fake library).
-NVML_MODULES = ("pynvml", "py3nvml.py3nvml", "tests.fakenvml.<scenario>")
+# tests.fakenvml.<scenario> and tests.hangnvml are the project's own fakes (real pynvml over a
+# fake library), importable only from a checkout.
+NVML_MODULES = ("pynvml", "py3nvml.py3nvml", "tests.fakenvml.<scenario>", "tests.hangnvml")
 
 
 def _nvml_module(v):
-    return v in NVML_MODULES[:2] or re.fullmatch(r"tests\.fakenvml\.[a-z][a-z0-9_]*", v) is not None
+    return v in NVML_MODULES[:2] or re.fullmatch(r"tests\.(?:fakenvml\.[a-z][a-z0-9_]*|hangnvml)", v) is not None
 
 
 def _url(v):

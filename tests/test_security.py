@@ -175,7 +175,7 @@ def test_errors_name_the_key_not_the_file_text(tmp_path, flag, text):
     ("web: {max_header_bytes: 1000000000000}\n", "web.max_header_bytes: expected a positive integer"),
     ("refresh: {timeout_seconds: 1.0e+300}\n", "refresh.timeout_seconds: expected a positive number of seconds"),
     ("gpu: {nvml_module: os}\n", "gpu.nvml_module: expected one of pynvml, py3nvml.py3nvml, "
-                                 "tests.fakenvml.<scenario>, got 'os'"),
+                                 "tests.fakenvml.<scenario>, tests.hangnvml, got 'os'"),
     ("gpu: {nvml_module: subprocess}\n", "gpu.nvml_module: expected one of"),
     ("process:\n  top_n: 3\n  top_n: 4\n", "duplicate key top_n at line 3"),
     ("web: {}\nweb: {}\n", "duplicate key web at line 2"),
