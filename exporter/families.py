@@ -37,7 +37,11 @@ class Family:
     def add_metric(self, labels, value, timestamp=None, exemplar=None):
         if len(labels) != len(self._labelnames):
             raise ValueError(f"{self.name}: {len(labels)} label values for {len(self._labelnames)} labels")
-        if not all(type(v) is str and v.isascii() for v in labels):
+        try:
+            plain = "".join(labels).isascii()
+        except TypeError:           # a value that is not a string
+            plain = False
+        if not plain:
             labels = [label_value(v) for v in labels]
         self.samples.append(Sample(self._sample_name, dict(zip(self._labelnames, labels)), value, timestamp,
                                    exemplar))
