@@ -139,9 +139,8 @@ def setup_logging(level):
 
 
 def serve(config, ready_event=None, stop_event=None):
-    """Build collectors, start refresh threads and the HTTP server; block until stopped."""
-    from . import collectors
-    from .scheduler import Scheduler
+    """Build the pipeline (collectors, scheduler, verdict, sinks) and the HTTP server; block until stopped."""
+    from .pipeline import Pipeline
     from .webconfig import load_server_security
 
     # Refresh threads hold the GIL in long stretches; a short switch interval lets a scrape
@@ -149,19 +148,18 @@ def serve(config, ready_event=None, stop_event=None):
     sys.setswitchinterval(0.001)
     security = load_server_security(config)
     host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
-    built = collectors.build(config)
-    sched = Scheduler(built, config)
+    pipeline = Pipeline(config)
     try:
-        server = security.make_server((host, port), sched, config)
+        server = security.make_server((host, port), pipeline, config)
     except OSError as e:
-        sched.stop()
+        pipeline.stop()
         why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         raise cfgmod.ConfigError(f"--web.listen-address {config['web']['listen_address']}: {why}") from None
-    sched.start()
+    pipeline.start()
     server.serve_in_thread()
     bound = server.server_address
     shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-    log.info("listening address=%s collectors=%s", shown, ",".join(j.name for j in sched.jobs))
+    log.info("listening address=%s collectors=%s", shown, ",".join(j.name for j in pipeline.jobs))
     stop = stop_event or threading.Event()
     if ready_event:
         ready_event.set()
@@ -180,7 +178,7 @@ def serve(config, ready_event=None, stop_event=None):
     log.info("shutting down")
     server.shutdown()
     server.server_close()
-    sched.stop(timeout=1.0)
+    pipeline.stop(timeout=1.0)
     return 0
 
 

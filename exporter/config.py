@@ -11,6 +11,8 @@ import stat
 
 import yaml
 
+from .collectors import DEFAULT_TIERS
+
 TIERS = ("critical", "important", "standard", "background")
 
 
@@ -199,22 +201,8 @@ def _url(v):
     return re.match(r"^https?://[^\s/]+", v) is not None
 
 
-# Default tier per collector; unknown collectors in the config are an error.
-COLLECTOR_TIERS = {
-    "cpu": "critical",
-    "memory": "important",
-    "disk": "standard",
-    "filesystem": "background",
-    "network": "standard",
-    "sensors": "critical",
-    "rapl": "standard",
-    "process": "important",
-    "nvidia": "critical",
-    "nvidia_pcie": "background",
-    "amdgpu": "critical",
-    "gpu_process": "important",
-    "grafana_live": "critical",
-}
+# Default tier per collector (declared with the collector); unknown collectors in the config are an error.
+COLLECTOR_TIERS = DEFAULT_TIERS
 
 SCHEMA = {
     "web": {

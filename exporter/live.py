@@ -2,19 +2,22 @@
 
 Grafana turns each measurement pushed to /api/live/push/hoofhearted into the channel
 stream/hoofhearted/<measurement> (temperature, fan, cpu, gpu, culprit); the home dashboard's Live
-row subscribes to those over its WebSocket. The values come from the metric families the other
-collectors rendered last, so the stream says exactly what /metrics says.
+row subscribes to those over its WebSocket. The sink is fed by the verdict stage after each new
+verdict: readings come from the metric families the collectors rendered last and the culprit is
+the verdict's rank 1, so the stream says exactly what /metrics and /api/verdict say.
 
 A failed push is counted (hoofhearted_live_pushes_total{result}) and logged when the state
-changes; it never touches /metrics.
+changes.
 """
 import logging
 import math
 import socket
+import threading
 import time
 import urllib.parse
 
-from .collectors.base import Collector, counter
+from . import render
+from .collectors.base import counter
 from .config import ConfigError
 
 log = logging.getLogger("hoofhearted.live")
@@ -71,12 +74,7 @@ def _by(samples, *labels):
     return {tuple(s.labels.get(k, "") for k in labels): s.value for s in samples}
 
 
-def _who(name, pid, user, owner):
-    extra = ", ".join(x for x in (user, owner) if x)
-    return f"{name} (pid {pid}{', ' + extra if extra else ''})"
-
-
-def lines(collectors, host, ts_ns):
+def lines(collectors, host, ts_ns, report=None):
     m = _index(collectors)
     out = []
 
@@ -121,97 +119,139 @@ def lines(collectors, host, ts_ns):
     for gpu, fields in sorted(gpus.items()):
         out.append(line("gpu", {"host": host, "gpu": gpu}, fields, ts_ns))
 
-    verdict = _culprit(m)
-    if verdict:
-        out.append(line("culprit", {"host": host}, verdict, ts_ns))
+    fields = _culprit(report)
+    if fields:
+        out.append(line("culprit", {"host": host}, fields, ts_ns))
     return [x for x in out if x]
 
 
-def _culprit(m):
-    fields, words = {}, []
-    procs = m.get("hoofhearted_process_cpu_usage_cores", ())
-    if procs:
-        top = max(procs, key=lambda s: s.value)
-        lab = top.labels
-        fields.update(name=lab.get("name", ""), pid=int(lab.get("pid", "0") or 0), user=lab.get("user", ""),
-                      owner=lab.get("owner", ""), cores=top.value)
-        words.append(f"{_who(lab.get('name', '?'), lab.get('pid', '?'), lab.get('user', ''), lab.get('owner', ''))}"
-                     f" uses {top.value:.2f} cores")
-    shares = {}
-    for s in m.get("hoofhearted_gpu_process_utilization_ratio", ()):
-        if s.labels.get("engine", "sm") == "sm":
-            k = tuple(s.labels.get(x, "") for x in ("gpu", "pid", "name", "user", "owner"))
-            shares[k] = shares.get(k, 0.0) + s.value
-    if shares:
-        (gpu, pid, name, user, owner), share = max(shares.items(), key=lambda kv: kv[1])
-        fields.update(gpu=gpu, gpu_name=name, gpu_pid=int(pid or 0), gpu_user=user, gpu_share=share)
-        words.append(f"{_who(name, pid, user, owner)} uses {share:.0%} of GPU{gpu}")
-    if words:
-        fields["verdict"] = "; ".join(words)
+def _culprit(report):
+    """Rank 1 of the verdict and its sentence: the same answer as /api/verdict and `why`."""
+    if not report:
+        return {}
+    fields = {"verdict": report["sentence"], "measuring": report["measuring"]}
+    if report["culprits"]:
+        c = report["culprits"][0]
+        fields.update(kind=c["kind"], name=c["name"], user=c["user"], owner=c["owner"],
+                      processes=c["processes"], text=c["text"])
+        if c["pid"] is not None:
+            fields["pid"] = c["pid"]
+        if c["cores"] is not None:
+            fields["cores"] = float(c["cores"])
+        if c["gpu"]:
+            gpu, share = max(c["gpu"].items(), key=lambda kv: kv[1])
+            fields.update(gpu=gpu, gpu_share=float(share))
     return fields
 
 
-# -- the pusher ----------------------------------------------------------------------------
+# -- the sink ------------------------------------------------------------------------------
 
-class LivePusher(Collector):
-    """Pushes on its own critical-tier job, so a slow Grafana only delays the pushes.
+class LiveSink:
+    """Pushes each new verdict and the critical tier's readings, from a thread of its own, so a slow
+    Grafana only delays the pushes. At most one push per critical interval; a push that finds a
+    newer verdict waiting sends that one (the older is dropped, never queued up).
 
-    The scheduler hands itself over through ``bind``; ``update`` then pushes
-    what the other, non-stale collectors last rendered. ``push(collectors, now)`` does one push;
-    ``counter_families()`` are its counters.
+    ``push(collectors, report)`` does one push; ``families()`` are its counters.
     """
 
-    name = "grafana_live"
-    tier = "critical"
-
     def __init__(self, config, wall=time.time, host=None):
-        super().__init__()
         live = config["grafana_live"]
         url = urllib.parse.urlsplit(live["url"])
         self.scheme, self.netloc = url.scheme, url.netloc
         self.path = url.path.rstrip("/") + f"/api/live/push/{STREAM}"
         self.url = f"{url.scheme}://{url.netloc}{self.path}"
         self.timeout = live["timeout_seconds"]
+        self.interval = config["tiers"]["critical"]
         self.token = _token(live)
         if not self.token:
             log.warning("grafana_live has no token; Grafana will refuse the pushes url=%s", self.url)
         self.wall = wall
         self.host = host or socket.gethostname()
         self.counts = dict.fromkeys(RESULTS, 0)
-        self.scheduler = None
+        self.version = 0
         self.conn = None
         self.conn_fresh = False
         self.failing = None
+        self._pending = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = None
+        self._parts = self._om = None
+        self._render()
 
-    @classmethod
-    def create(cls, config):
-        return cls(config) if config["grafana_live"]["url"] else None
+    # -- sink interface --------------------------------------------------------------------
 
-    def bind(self, scheduler):
-        self.scheduler = scheduler
+    def publish(self, event):
+        with self._cond:
+            self._pending = event
+            self._cond.notify()
 
-    def update(self, now):
-        sched = self.scheduler
-        if sched is not None:
-            self.push([j.collector for j in sched.jobs
-                       if j.collector is not self and j.success and not j.stale(now)], now)
-        return self.counter_families()
+    def start(self):
+        self._thread = threading.Thread(target=self._loop, name="grafana-live", daemon=True)
+        self._thread.start()
 
-    def counter_families(self):
-        """The push counters. (``self.families`` is the Collector's last refresh: the same.)"""
+    def stop(self, timeout=1.0):
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._close()
+
+    def _loop(self):
+        last = None
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+            if last is not None:
+                wait = last + self.interval - time.monotonic()
+                if wait > 0:
+                    with self._cond:
+                        if self._cond.wait_for(lambda: self._stop, wait):
+                            return
+            with self._cond:
+                event, self._pending = self._pending, None
+            last = time.monotonic()
+            try:
+                self.push(event.collectors, event.verdict)
+            except Exception as e:      # never let the thread die
+                log.warning("grafana live push failed url=%s err=%r", self.url, e)
+
+    # -- counters in /metrics --------------------------------------------------------------
+
+    def families(self):
         pushes = counter("hoofhearted_live_pushes", "Pushes of the critical tier to Grafana Live, by result.",
                          ["result"])
         for r in RESULTS:
             pushes.add_metric([r], self.counts[r])
         return [pushes]
 
-    def body(self, collectors):
-        return "\n".join(lines(collectors, self.host, int(self.wall() * 1e9))).encode("utf-8")
+    def _render(self):
+        fams = self.families()
+        self._parts, self._om = render.text_parts(fams), None
+        self._fams = fams
+        self.version += 1
 
-    def push(self, collectors, now=None):
+    def parts(self):
+        return self._parts
+
+    def om_parts(self):
+        if self._om is None:
+            self._om = render.openmetrics_parts(self._fams)
+        return self._om
+
+    # -- one push --------------------------------------------------------------------------
+
+    def body(self, collectors, report=None):
+        return "\n".join(lines(collectors, self.host, int(self.wall() * 1e9), report)).encode("utf-8")
+
+    def push(self, collectors, report=None):
         """One POST; returns the result counted ("success", "http_error" or "network_error")."""
         import http.client   # here, not at the top: most exporters never push
-        body = self.body(collectors)
+        body = self.body(collectors, report)
         if not body:
             return None
         headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body))}
@@ -230,6 +270,7 @@ class LivePusher(Collector):
             self._close()
             result, detail = "network_error", f"{type(e).__name__}: {e}"
         self.counts[result] += 1
+        self._render()
         self._log(result, detail)
         return result
 
@@ -259,9 +300,6 @@ class LivePusher(Collector):
         elif not state and self.failing:
             log.info("grafana live push recovered url=%s", self.url)
         self.failing = state
-
-    def close(self):
-        self._close()
 
 
 def _token(live):

@@ -124,16 +124,24 @@ class Scheduler:
         self.wall = wall
         tiers = dict(config["tiers"])
         self.jobs = [
-            Job(c, config["collectors"].get(c.name, {}).get("tier", c.tier), tiers,
+            Job(c, config["collectors"].get(c.name, {}).get("tier", getattr(c, "tier", "standard")), tiers,
                 config["refresh"]["timeout_seconds"], config["refresh"]["stale_after_intervals"],
                 clock, wall)
             for c in collectors
         ]
+        # A follower (GPU processes after processes) runs in its leader's thread right after it,
+        # so both read one /proc pass instead of two whenever their threads drift apart.
+        by_name = {j.name: j for j in self.jobs}
+        for job in self.jobs:
+            job.followers = []
+            lead = by_name.get(getattr(job.collector, "follows", None))
+            job.leader = lead if lead is not None and lead.tier == job.tier else None
+        for job in self.jobs:
+            if job.leader is not None:
+                job.leader.followers.append(job)
         self.hot_reasons = frozenset()
         self.on_refresh = on_refresh or []
-        for c in collectors:
-            if hasattr(c, "bind"):  # collectors that read the others' results (Grafana Live)
-                c.bind(self)
+        self.extra = []     # stages and sinks with metric families of their own (.parts(), .om_parts(), .version)
         self._cond = threading.Condition()
         self._stop = False
         self._threads = []
@@ -146,13 +154,16 @@ class Scheduler:
     def run_job(self, job):
         """Refresh one job, then re-evaluate escalation. Used by the threads and by tests."""
         ok = job.run()
-        if ok:
+        for follower in job.followers:
+            follower.run()
+        if ok or any(f.success for f in job.followers):
             self.update_escalation()
-        for hook in self.on_refresh:
-            try:
-                hook(self, job)
-            except Exception as e:
-                log.warning("refresh hook failed err=%r", e)
+        for j in [job] + job.followers:
+            for hook in self.on_refresh:
+                try:
+                    hook(self, j)
+                except Exception as e:
+                    log.warning("refresh hook failed err=%r", e)
         return ok
 
     def update_escalation(self):
@@ -193,6 +204,8 @@ class Scheduler:
     def start(self):
         limit_malloc_arenas()
         for job in self.jobs:
+            if job.leader is not None:
+                continue
             t = threading.Thread(target=self._loop, args=(job,), name=f"refresh-{job.name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -248,7 +261,7 @@ class Scheduler:
         """The scrape body: cached bytes of every fresh job plus the job metadata."""
         now = self.clock()
         state = tuple((j.version, j.timed_out(now), j.stale(now)) for j in self.jobs)
-        key = (openmetrics, state, self.hot_reasons)
+        key = (openmetrics, state, self.hot_reasons, tuple(x.version for x in self.extra))
         with self._cache_lock:
             if key == self._cache_key:
                 return self._cache
@@ -257,10 +270,12 @@ class Scheduler:
         if openmetrics:
             for job in self.jobs:
                 job.render_openmetrics = True
-            parts = [job.openmetrics_parts() for job in fresh] + [render.openmetrics_parts(meta)]
+            parts = ([job.openmetrics_parts() for job in fresh] + [x.om_parts() for x in self.extra]
+                     + [render.openmetrics_parts(meta)])
             body = render.join_parts(parts) + b"# EOF\n"
         else:
-            body = render.join_parts([job.parts for job in fresh] + [render.text_parts(meta)])
+            body = render.join_parts([job.parts for job in fresh] + [x.parts() for x in self.extra]
+                                     + [render.text_parts(meta)])
         cached = {"identity": body}
         with self._cache_lock:
             self._cache_key, self._cache = key, cached

@@ -32,6 +32,7 @@ LANDING = """<!doctype html>
 <p>Why is my server's fan running? Temperatures, fans, and the processes behind them.</p>
 <ul>
 <li><a href="metrics">/metrics</a></li>
+<li><a href="api/verdict">/api/verdict</a> (the answer, as JSON)</li>
 <li><a href="-/healthy">/-/healthy</a></li>
 <li><a href="-/ready">/-/ready</a></li>
 </ul></body></html>
@@ -480,6 +481,14 @@ class Connection(asyncio.Protocol):
     def _healthy(self, req, head):
         self._respond(200, b"OK\n", head=head)
 
+    def _verdict(self, req, head):
+        sched = self.srv.scheduler
+        body = sched.verdict_body() if hasattr(sched, "verdict_body") else None
+        if body is None:
+            self._respond(503, b"no verdict yet: collectors have not refreshed\n", head=head)
+        else:
+            self._respond(200, body, "application/json", b"Cache-Control: no-store\r\n", head)
+
     def _ready(self, req, head):
         if self.srv.scheduler.ready():
             self._respond(200, b"OK\n", head=head)
@@ -519,6 +528,7 @@ class Connection(asyncio.Protocol):
 ROUTES = {
     "/metrics": Connection._metrics,
     "/": Connection._landing,
+    "/api/verdict": Connection._verdict,
     "/-/healthy": Connection._healthy,
     "/-/ready": Connection._ready,
 }

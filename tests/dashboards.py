@@ -154,11 +154,11 @@ def scrape_time_names():
     """Families the exporter adds at scrape time (not in the golden file): the scheduler's own
     collector metrics and the Grafana Live push counters."""
     from exporter.config import defaults
-    from exporter.live import LivePusher
+    from exporter.live import LiveSink
     from exporter.scheduler import Scheduler
     cfg = defaults()
     cfg["grafana_live"].update(url="http://127.0.0.1:9", token="unused")
-    families = Scheduler([], cfg).meta_families(0.0) + LivePusher(cfg, host="h").counter_families()
+    families = Scheduler([], cfg).meta_families(0.0) + LiveSink(cfg, host="h").families()
     return {f.name + "_total" if f.type == "counter" else f.name for f in families}
 
 

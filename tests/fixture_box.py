@@ -117,3 +117,13 @@ def refresh_twice(built, procfs):
     for c in built:
         families += c.refresh(101.0)
     return families
+
+
+def box_stage_families(built, cfg):
+    """What the verdict stage and the Live sink add to /metrics on the box, after one (failing) push."""
+    from exporter import verdict
+    from exporter.live import LiveSink
+    report = verdict.compute(built, host="box", wall=lambda: 1000.0, reason="a fixture box")
+    sink = LiveSink(cfg, host="box")
+    sink.push(built, report)
+    return verdict.families(report) + sink.families()

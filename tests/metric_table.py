@@ -4,7 +4,8 @@
 
 Families come from every registered collector run in-process on the fixture trees (the GPU
 collectors on the fake NVML), each mapped to its collector's default tier; the scrape-time
-families of the scheduler are tier "scrape".
+families of the scheduler are tier "scrape"; the verdict's and the Live sink's, computed after the
+refreshes at most once or twice per critical interval, are tier "critical".
 """
 import os
 import sys
@@ -51,7 +52,7 @@ def rows_from_families(pairs):
 
 def collect_all(tmp):
     """Every registered collector on fixture data, refreshed twice so rates exist."""
-    from fixture_box import box_collectors, refresh_twice
+    from fixture_box import box_collectors, box_stage_families, refresh_twice
     from exporter.config import defaults
     from exporter.scheduler import Scheduler
 
@@ -59,10 +60,13 @@ def collect_all(tmp):
     refresh_twice(collectors, cfg["paths"]["procfs"])
     pairs = []
     for c in collectors:
-        tier = cfg["collectors"].get(c.name, {}).get("tier", c.tier)
+        tier = cfg["collectors"][c.name]["tier"]
         for fam in c.families:
             if fam.samples:
                 pairs.append((fam, tier))
+    for fam in box_stage_families(collectors, cfg):   # the verdict and Live: at the critical interval
+        if fam.samples:
+            pairs.append((fam, "critical"))
     sched = Scheduler(collectors, defaults())
     for job in sched.jobs:
         job.runs, job.success, job.duration, job.last_success_wall = 1, True, 0.001, 1.0

@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import parse_exposition
 from exporter import render
-from fixture_box import box_collectors, refresh_twice
+from fixture_box import box_collectors, box_stage_families, refresh_twice
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "fixture-box.prom")
 
@@ -24,12 +24,15 @@ def check_golden(path, body):
 
 def test_fixture_box_golden(tmp_path):
     built, cfg = box_collectors(str(tmp_path))
-    body = render.text(refresh_twice(built, cfg["paths"]["procfs"])).decode()
+    families = refresh_twice(built, cfg["paths"]["procfs"])
+    body = render.text(families + box_stage_families(built, cfg)).decode()
     parse_exposition(body)
     # a few anchors that must hold whatever else changes
     assert "hoofhearted_cpu_usage_ratio 0.5\n" in body
     assert 'hoofhearted_temperature_celsius{chip="platform_coretemp_1",sensor="temp3",label="Core 1"} 52.0' in body
     assert 'hoofhearted_filesystem_size_bytes{mountpoint="/data",fstype="xfs"} 102400000000' in body
+    # the verdict on the box (all processes idle between the two refreshes: ranked by memory)
+    assert 'hoofhearted_culprit_info{rank="1",kind=' in body
     check_golden(GOLDEN, body)
 
 

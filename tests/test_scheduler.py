@@ -190,3 +190,33 @@ def test_hanging_collector_does_not_delay_others_on_real_threads():
     finally:
         hang.release.set()
         sched.stop()
+
+
+def test_a_follower_runs_right_after_its_leader_in_its_thread():
+    """GPU processes follow processes: one refresh of the leader runs both, on one /proc pass."""
+    lead, follower, other = Fake("lead", "important"), Fake("follow", "important"), Fake("late", "standard")
+    follower.follows = "lead"
+    other.follows = "lead"           # another tier: it keeps a thread of its own
+    sched, clock, wall = make(lead, follower, other)
+    jobs = {j.name: j for j in sched.jobs}
+    assert jobs["follow"].leader is jobs["lead"] and jobs["lead"].followers == [jobs["follow"]]
+    assert jobs["late"].leader is None
+    sched.run_job(jobs["lead"])
+    assert lead.calls == [1000.0] and follower.calls == [1000.0] and other.calls == []
+    m = scrape(sched)
+    assert sample(m, "test_follow_value") == 1.0
+    assert sample(m, "hoofhearted_collector_success", collector="follow") == 1
+    sched.start()
+    try:
+        names = {t.name for t in sched._threads}
+        assert names == {"refresh-lead", "refresh-late"}
+    finally:
+        sched.stop()
+
+
+def test_no_gpu_means_no_gpu_process_collector(tmp_path):
+    from exporter.collectors.gpu import GPUProcessCollector
+    cfg = defaults()
+    cfg["paths"]["sysfs"] = str(tmp_path)          # no DRM cards
+    cfg["gpu"]["nvml_module"] = "fakenvml.nodriver"
+    assert GPUProcessCollector.create(cfg) is None

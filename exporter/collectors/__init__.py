@@ -1,26 +1,37 @@
 """Collectors: each turns one source's snapshot into metric families.
 
-REGISTRY maps a collector name (config key, ``--collector.<name>`` flag, ``collector`` label)
-to "module:factory". A factory takes the validated config and returns a Collector, or None
-when there is nothing to collect on this machine (the collector is then simply absent).
+COLLECTORS is the one place a collector is declared: its name (config key under
+``collectors:``, ``--collector.<name>`` flag, ``collector`` label), its factory ("module:class")
+and its default tier. A factory's ``create(config)`` takes the validated config and returns a
+Collector, or None when there is nothing to collect on this machine (the collector is then
+simply absent). A collector's own settings live in the config section of the same name.
 """
 import importlib
+from typing import NamedTuple
 
-REGISTRY = {
-    "cpu": "exporter.collectors.host:CPUCollector",
-    "memory": "exporter.collectors.host:MemoryCollector",
-    "disk": "exporter.collectors.host:DiskCollector",
-    "filesystem": "exporter.collectors.host:FilesystemCollector",
-    "network": "exporter.collectors.host:NetworkCollector",
-    "sensors": "exporter.collectors.sensors:SensorsCollector",
-    "rapl": "exporter.collectors.sensors:RAPLCollector",
-    "process": "exporter.collectors.process:ProcessCollector",
-    "nvidia": "exporter.collectors.gpu:NvidiaCollector",
-    "nvidia_pcie": "exporter.collectors.gpu:NvidiaPcieCollector",
-    "amdgpu": "exporter.collectors.gpu:AMDGPUCollector",
-    "gpu_process": "exporter.collectors.gpu:GPUProcessCollector",
-    "grafana_live": "exporter.live:LivePusher",
+
+class Declared(NamedTuple):
+    factory: str
+    tier: str
+
+
+COLLECTORS = {
+    "cpu": Declared("exporter.collectors.host:CPUCollector", "critical"),
+    "memory": Declared("exporter.collectors.host:MemoryCollector", "important"),
+    "disk": Declared("exporter.collectors.host:DiskCollector", "standard"),
+    "filesystem": Declared("exporter.collectors.host:FilesystemCollector", "background"),
+    "network": Declared("exporter.collectors.host:NetworkCollector", "standard"),
+    "sensors": Declared("exporter.collectors.sensors:SensorsCollector", "critical"),
+    "rapl": Declared("exporter.collectors.sensors:RAPLCollector", "standard"),
+    "process": Declared("exporter.collectors.process:ProcessCollector", "important"),
+    "nvidia": Declared("exporter.collectors.gpu:NvidiaCollector", "critical"),
+    "nvidia_pcie": Declared("exporter.collectors.gpu:NvidiaPcieCollector", "background"),
+    "amdgpu": Declared("exporter.collectors.gpu:AMDGPUCollector", "critical"),
+    "gpu_process": Declared("exporter.collectors.gpu:GPUProcessCollector", "important"),
 }
+
+REGISTRY = {name: d.factory for name, d in COLLECTORS.items()}
+DEFAULT_TIERS = {name: d.tier for name, d in COLLECTORS.items()}
 
 
 def factory(name):
@@ -29,9 +40,9 @@ def factory(name):
 
 
 def build(config):
-    """Instantiate every enabled collector, in REGISTRY order."""
+    """Instantiate every enabled collector, in COLLECTORS order."""
     out = []
-    for name in REGISTRY:
+    for name in COLLECTORS:
         if not config["collectors"][name]["enabled"]:
             continue
         c = factory(name).create(config)

@@ -19,15 +19,16 @@ def counter(name, documentation, labels=()):
 
 
 class Collector:
-    """Base class. Subclasses set ``name``, ``tier`` and implement ``update``.
+    """Base class. Subclasses set ``name`` and implement ``update``; the tier is declared with
+    the collector in ``exporter.collectors.COLLECTORS``.
 
     ``escalates``: refresh at the critical interval while the host is hot, because this
     collector explains why (sensors, processes, GPUs).
     """
 
     name = ""
-    tier = "standard"
     escalates = False
+    follows = None    # name of a collector this one reads after, on the same pass, when tiers match
 
     def __init__(self):
         self.families = []

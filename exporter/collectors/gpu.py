@@ -10,6 +10,7 @@ import ctypes
 import importlib
 import logging
 import threading
+import time
 
 from .. import config as cfgmod
 from ..sources import amdgpu, drm, fdinfo, nvidia, processes
@@ -189,7 +190,6 @@ def _hot(temperatures, thresholds):
 
 class NvidiaCollector(Collector):
     name = "nvidia"
-    tier = "critical"
     escalates = True
 
     def __init__(self, source, absent=None):
@@ -223,7 +223,6 @@ class NvidiaPcieCollector(Collector):
     """PCIe throughput: each reading holds the driver for a 20 ms window, hence its own slow tier."""
 
     name = "nvidia_pcie"
-    tier = "background"
 
     def __init__(self, source):
         super().__init__()
@@ -249,7 +248,6 @@ class NvidiaPcieCollector(Collector):
 
 class AMDGPUCollector(Collector):
     name = "amdgpu"
-    tier = "critical"
     escalates = True
 
     def __init__(self, source):
@@ -279,8 +277,8 @@ class GPUProcessCollector(Collector):
     """
 
     name = "gpu_process"
-    tier = "important"
     escalates = True
+    follows = "process"     # runs right after it on one /proc pass when both share a tier
 
     def __init__(self, source=None, procfs="/proc", sysfs="/sys", top_n=10, max_groups=10, scanner=None,
                  fdinfo_reader=None):
@@ -297,6 +295,11 @@ class GPUProcessCollector(Collector):
     def create(cls, config):
         paths, g = config["paths"], config["gpu"]
         src = nvidia_source(config) if config["collectors"]["nvidia"]["enabled"] else None
+        if src is not None and not (src.ensure(time.monotonic()) and src.devices):
+            release_source(src)       # a driver without GPUs (or none loaded): nothing to ask NVML
+            src = None
+        if src is None and not any(c.driver not in fdinfo.SKIP_DRIVERS for c in drm.list_cards(paths["sysfs"])):
+            return None     # no GPU: nothing to look for in every process's file descriptors
         return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
                    processes.shared(paths["procfs"], paths["rootfs"]))
 

@@ -15,7 +15,6 @@ def _ratio(prev, cur):
 
 class CPUCollector(Collector):
     name = "cpu"
-    tier = "critical"
 
     def __init__(self, procfs="/proc", sysfs="/sys"):
         super().__init__()
@@ -43,6 +42,11 @@ class CPUCollector(Collector):
                 r = _ratio(before, times) if before else None
                 if r is not None:
                     core_usage.add_metric([core], r)
+        seconds = counter("hoofhearted_cpu_seconds", "Seconds each logical CPU spent in each mode (as "
+                          "node_exporter's node_cpu_seconds_total).", ["cpu", "mode"])
+        for core, times in snap.cores.items():
+            for mode, jiffies in zip(host.CPU_MODES, times.modes):
+                seconds.add_metric([core, mode], jiffies / host.CLK_TCK)
         cores = gauge("hoofhearted_cpu_cores", "Logical CPUs online.")
         cores.add_metric([], len(snap.cores))
         freq = gauge("hoofhearted_cpu_frequency_hertz", "Current frequency of a logical CPU.", ["core"])
@@ -52,7 +56,7 @@ class CPUCollector(Collector):
         if snap.load:
             for window, value in zip(("1m", "5m", "15m"), snap.load):
                 load.add_metric([window], value)
-        return [usage, core_usage, cores, freq, load]
+        return [usage, core_usage, seconds, cores, freq, load]
 
     def hot(self, thresholds):
         if self.usage is not None and self.usage >= thresholds["cpu_busy_ratio"]:
@@ -62,7 +66,6 @@ class CPUCollector(Collector):
 
 class MemoryCollector(Collector):
     name = "memory"
-    tier = "important"
 
     def __init__(self, procfs="/proc"):
         super().__init__()
@@ -90,7 +93,6 @@ class MemoryCollector(Collector):
 
 class DiskCollector(Collector):
     name = "disk"
-    tier = "standard"
 
     def __init__(self, procfs="/proc", exclude=r"^$"):
         super().__init__()
@@ -112,7 +114,6 @@ class DiskCollector(Collector):
 
 class FilesystemCollector(Collector):
     name = "filesystem"
-    tier = "background"
 
     def __init__(self, procfs="/proc", rootfs="/"):
         super().__init__()
@@ -137,7 +138,6 @@ class FilesystemCollector(Collector):
 
 class NetworkCollector(Collector):
     name = "network"
-    tier = "standard"
 
     def __init__(self, procfs="/proc", exclude=r"^$"):
         super().__init__()

@@ -12,8 +12,10 @@ design so a counter does not hop between its own series and group="other":
 - With every slot taken, a candidate replaces the weakest group only when it is at least twice as
   far over the threshold and the weakest has held its slot for ``group_hold_seconds``.
 - Each refresh's CPU seconds go to exactly one series: the group's own, or "other" while the
-  group is folded. Both counters only grow. A group that left and later earns a slot again
-  continues from its own total, unless it had no members for a while (then it starts over,
+  group is folded, so the group series add up to the CPU time of every process seen. Both
+  counters only grow. A group's own counter holds only the seconds it burned while it had its
+  slot (seconds burned while folded stay in "other"); one that left and later earns a slot
+  again continues from there, unless it had no members for a while (then it starts over,
   which Prometheus reads as a counter reset).
 - A real group called "other" always folds into "other".
 """
@@ -29,6 +31,7 @@ from .base import Collector, counter, gauge
 MIN_AGE = 0.25            # a new process's lifetime average is a rate only once it ran this long
 SHARE_WINDOW = 0.5        # reuse a pass another reader of the same procfs did this recently
 STRATUM_RECHECK = 10.0    # seconds between socket checks of one process
+TOP_HOLD = 60.0           # seconds a process keeps its series after it left the top
 OTHER = "other"
 STATE_NAMES = ("running", "sleeping", "disk_sleep", "stopped", "zombie", "idle")
 
@@ -67,7 +70,6 @@ class _Group:
 
 class ProcessCollector(Collector):
     name = "process"
-    tier = "important"
     escalates = True
 
     def __init__(self, procfs="/proc", rootfs="/", top_n=10, group_by="name", max_groups=50,
@@ -95,6 +97,9 @@ class ProcessCollector(Collector):
         self.exited = 0
         self.first = True
         self.top = []             # [(proc, cores or None)] exported last refresh
+        self.rates = {}           # pid -> cores of every process with a known rate
+        self.rated = False        # rates come from two passes (not lifetime averages)
+        self._held = {}           # (pid, starttime) -> last time in the top
         self._miner_names = {}    # Identity -> reason or None
         self._stratum = {}        # (pid, starttime) -> (checked at, bool)
 
@@ -171,8 +176,10 @@ class ProcessCollector(Collector):
         self.prev, self.prev_when = cur, when
 
         self._fold(when)
-        top = self._top(table, rated)
+        top = self._top(table, rated, when)
         self.top = [(proc, rates.get(proc.pid)) for proc in top]
+        self.rates = rates        # pid -> cores, for the verdict
+        self.rated = dt is not None
         return (self._process_families(table, rates) + self._group_families(bool(rates))
                 + self._count_families(states) + [self._miner_family(table, rates, rated)])
 
@@ -182,7 +189,6 @@ class ProcessCollector(Collector):
         slots = self.max_groups - 1
         promoted, candidates = [], []
         for gk, g in list(self.groups.items()):
-            g.total += g.delta
             g.hot = (g.cores >= min_cores or g.rss >= min_mem) and g.count > 0
             g.weight = g.cores / max(min_cores, 1e-9) + g.rss / max(min_mem, 1)
             if g.hot:
@@ -206,11 +212,16 @@ class ProcessCollector(Collector):
                 promoted.remove(weakest)
             g.promoted, g.since = True, when
             promoted.append(g)
-        for g in self.groups.values():
-            if not g.promoted:
+        for g in self.groups.values():   # each second lands in exactly one series
+            if g.promoted:
+                g.total += g.delta
+            else:
                 self.other_total += g.delta
 
-    def _top(self, table, rated):
+    def _top(self, table, rated, when):
+        """Top N by CPU and top N by memory; a process that was in the top keeps its series for
+        TOP_HOLD seconds (at most N more), so rate() over its counter sees a whole burst-and-pause
+        cycle instead of a series that comes and goes with each pause."""
         n = self.top_n
         if n <= 0:
             return []
@@ -221,6 +232,18 @@ class ProcessCollector(Collector):
             if p.pid not in seen:
                 seen.add(p.pid)
                 out.append(p)
+        held = self._held
+        for p in out:
+            held[p.key] = when
+        extra = []
+        for key, last in list(held.items()):
+            proc = table.procs.get(key[0])
+            if proc is None or proc.key != key or when - last > TOP_HOLD:
+                del held[key]
+            elif key[0] not in seen:
+                extra.append((last, proc))
+        extra.sort(key=lambda t: (-t[0], t[1].pid))
+        out.extend(p for _, p in extra[:n])
         return out
 
     # -- families ---------------------------------------------------------------------------
@@ -240,14 +263,17 @@ class ProcessCollector(Collector):
         cpu = gauge("hoofhearted_process_cpu_usage_cores",
                     "CPU cores a top process used since the last refresh (4.0 = four cores busy).", labels)
         mem = gauge("hoofhearted_process_resident_memory_bytes", "Resident memory of a top process.", labels)
+        seconds = counter("hoofhearted_process_cpu_seconds",
+                          "CPU seconds a top process used since it started (user and system).", labels)
         threads = gauge("hoofhearted_process_threads", "Threads of a top process.", labels)
         for proc, cores in self.top:
             v = self._values(proc)
+            seconds.add_metric(v, proc.cpu_seconds)
             if cores is not None:
                 cpu.add_metric(v, cores)
             mem.add_metric(v, proc.rss_bytes)
             threads.add_metric(v, proc.threads)
-        return [cpu, mem, threads]
+        return [cpu, seconds, mem, threads]
 
     def _group_families(self, have_rates):
         total = counter("hoofhearted_process_group_cpu_seconds",

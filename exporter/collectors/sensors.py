@@ -9,7 +9,6 @@ log = logging.getLogger("hoofhearted.sensors")
 
 class SensorsCollector(Collector):
     name = "sensors"
-    tier = "critical"
     escalates = True
 
     def __init__(self, sysfs="/sys"):
@@ -81,7 +80,6 @@ class RAPLCollector(Collector):
     """CPU energy counters; a wrap of the hardware counter is folded in so the total only grows."""
 
     name = "rapl"
-    tier = "standard"
 
     def __init__(self, sysfs="/sys"):
         super().__init__()

@@ -8,6 +8,8 @@ import re
 import stat
 from dataclasses import dataclass, field
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")   # /proc/stat counts in USER_HZ ticks
+
 SECTOR_BYTES = 512
 
 
@@ -65,6 +67,10 @@ class CPUTimes:
     """Jiffies from /proc/stat; busy excludes idle and iowait, guest is already inside user."""
     busy: int
     total: int
+    modes: tuple = ()     # jiffies per CPU_MODES entry
+
+
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 @dataclass
@@ -80,7 +86,7 @@ def _times(fields):
     vals += [0] * (8 - len(vals))
     user, nice, system, idle, iowait, irq, softirq, steal = vals
     total = user + nice + system + idle + iowait + irq + softirq + steal
-    return CPUTimes(busy=total - idle - iowait, total=total)
+    return CPUTimes(busy=total - idle - iowait, total=total, modes=tuple(vals))
 
 
 def read_cpu(procfs, sysfs):
