@@ -49,7 +49,7 @@ def run_parser():
     p.add_argument("--web.config.file", dest="web.config_file", metavar="FILE",
                    help="exporter-toolkit web config (TLS, basic auth, headers)")
     p.add_argument("--web.max-requests", dest="web.max_requests", metavar="N",
-                   help="concurrent requests served before answering 503 (default 40)")
+                   help="password checks waiting at once, capped at 8, before answering 503 (default 40)")
     p.add_argument("--path.procfs", dest="path.procfs", metavar="DIR", help="procfs mount point (default /proc)")
     p.add_argument("--path.sysfs", dest="path.sysfs", metavar="DIR", help="sysfs mount point (default /sys)")
     p.add_argument("--path.rootfs", dest="path.rootfs", metavar="DIR",
