@@ -354,7 +354,8 @@ def _rate(path, rate):
         _fail(path, "rate_limit", f"expected a mapping, got {shown(rate)}")
     interval = parse_duration(rate.get("interval", 0))
     if interval is None:
-        _fail(path, "rate_limit.interval", f"expected a duration such as 1s or 100ms, got {shown(rate.get('interval'))}")
+        _fail(path, "rate_limit.interval",
+              f"expected a duration such as 1s or 100ms, got {shown(rate.get('interval'))}")
     burst = _expect(path, "rate_limit.burst", rate.get("burst", 0), int, "an integer")
     if burst < 0:
         _fail(path, "rate_limit.burst", f"expected a non-negative integer, got {burst}")
