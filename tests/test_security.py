@@ -1,6 +1,7 @@
 """Security of a running exporter: a web config change never weakens it, errors never echo a
 file's contents, configuration has bounds, and small protocol details (issue 15)."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +73,12 @@ def test_a_reload_never_weakens_security(pki, tmp_path, start_exporter, edit, re
     still_secured(exp, s, pki)
     errors = [line for line in exp.lines if "web config not reloaded" in line]
     assert len(errors) == 1 and "level=error" in errors[0] and reason in errors[0], exp.log
+    os.kill(exp.proc.pid, signal.SIGHUP)        # nor does a reload on demand
+    deadline = time.monotonic() + 5
+    while len([line for line in exp.lines if "web config not reloaded" in line]) < 2:
+        assert time.monotonic() < deadline, exp.log
+        time.sleep(0.05)
+    still_secured(exp, s, pki)
     # A restart is how an operator really turns it off.
     exp.stop()
     if reason != "the file is empty":
