@@ -246,3 +246,20 @@ def test_accept_q_zero_means_no(start_exporter, accept, openmetrics):
     r = exp.get("/metrics", headers={"Accept": accept})
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("application/openmetrics-text" if openmetrics else "text/plain")
+
+
+def test_reloads_run_on_their_own_thread_not_on_requests(tmp_path, start_exporter):
+    """The old server re-read the files inside the event loop when a connection came in; now a
+    watcher thread does, with no request needed, and requests never wait for YAML or certificates."""
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config: {headers: {X-Frame-Options: deny}}\n")
+    exp = start_exporter(*ARGS, f"--web.config.file={web}", ready=False)
+    time.sleep(0.5)
+    new = tmp_path / "web.yml.new"
+    new.write_text("http_server_config: {headers: {X-Frame-Options: sameorigin}}\n")
+    os.replace(new, web)
+    deadline = time.monotonic() + 5
+    while sum("web config loaded" in line for line in exp.lines) < 2:      # no request sent at all
+        assert time.monotonic() < deadline, exp.log
+        time.sleep(0.05)
+    assert exp.get("/-/healthy").headers["X-Frame-Options"] == "sameorigin"
