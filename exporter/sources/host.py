@@ -120,7 +120,7 @@ def read_cpu_frequency(procfs, sysfs, cores):
     for core in cores:
         for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
             text = read_text(os.path.join(base, f"cpu{core}", "cpufreq", name))
-            if text and text.strip().isdigit():
+            if text and text.strip().isascii() and text.strip().isdigit() and len(text.strip()) < 12:
                 out[core] = int(text) * 1000
                 break
     if out:
@@ -156,7 +156,7 @@ def read_memory(procfs):
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         parts = rest.split()
-        if parts and parts[0].isdigit():
+        if parts and parts[0].isascii() and parts[0].isdigit():
             kb[key] = int(parts[0]) * 1024
     available = kb.get("MemAvailable")
     if available is None:  # kernels before 3.14
