@@ -245,3 +245,13 @@ def test_display_only_drm_card_costs_no_fd_scan(tmp_path):
     (dev / "uevent").write_text("DRIVER=amdgpu\nPCI_SLOT_NAME=0000:09:00.0\n")
     gp.refresh(1.0)
     assert gp.fdinfo.last_full == 1.0          # a real GPU: its clients are looked for
+
+
+def test_cpu_frequency_in_other_digits_is_no_frequency(tmp_path):
+    f = tmp_path / "sys" / "devices" / "system" / "cpu" / "cpu0" / "cpufreq"
+    f.mkdir(parents=True)
+    (f / "scaling_cur_freq").write_text("٢٠٠٠٠٠٠\n")          # 2000000 in Arabic-Indic digits
+    (tmp_path / "proc").mkdir()
+    assert host.read_cpu_frequency(str(tmp_path / "proc"), str(tmp_path / "sys"), {"0": None}) == {}
+    (f / "scaling_cur_freq").write_text("2000000\n")
+    assert host.read_cpu_frequency(str(tmp_path / "proc"), str(tmp_path / "sys"), {"0": None}) == {"0": 2_000_000_000}
