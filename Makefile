@@ -3,10 +3,16 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS    = prometheus prometheus-alertmanager prometheus-node-exporter prometheus-process-exporter
-TOOLS   = prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-process-exporter
+DEBS    = prometheus prometheus-alertmanager prometheus-node-exporter prometheus-process-exporter \
+          chromium chromium-driver
+TOOLS   = prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-process-exporter \
+          chromium chromedriver
 
-.PHONY: run test venv deps bench soak fuzz check clean
+# The GPU tests run twice: at the newest nvidia-ml-py (.venv) and at the lowest pyproject allows.
+NVML_FLOOR = $(shell sed -n 's/.*"nvidia-ml-py>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+FLOOR_VENV ?= .venv-floor
+
+.PHONY: run test test-nvml-floor venv deps bench soak fuzz check clean gpu-check
 
 venv: $(VENV)/.installed
 
@@ -20,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian's Prometheus stack: promtool and amtool for rule checks, real servers for end-to-end tests,
-# node_exporter and process-exporter as reference points.
+# node_exporter and process-exporter as reference points; Chromium and its driver for the live page.
 deps:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +40,25 @@ run: venv
 
 test: venv deps
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(MAKE) test-nvml-floor
+
+$(FLOOR_VENV)/.installed-$(NVML_FLOOR): pyproject.toml $(VENV)/.installed
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/pip install -q -e '.[test]' 'nvidia-ml-py==$(NVML_FLOOR)'
+	touch $@
+
+# the GPU tests against the oldest nvidia-ml-py the package allows
+test-nvml-floor: $(FLOOR_VENV)/.installed-$(NVML_FLOOR)
+	$(FLOOR_VENV)/bin/python -c 'import importlib.metadata as m; v = m.version("nvidia-ml-py"); \
+		assert v == "$(NVML_FLOOR)", v; print("nvidia-ml-py", v)'
+	$(FLOOR_VENV)/bin/pytest -q tests/test_gpu_nvidia.py tests/test_gpu_e2e.py tests/test_gpu_fdinfo.py \
+		tests/test_gpu_amd.py tests/test_gpu_health.py tests/test_gpu_check.py
+
+# on a machine with NVIDIA GPUs: the exporter beside nvidia-smi, every shared reading compared
+gpu-check: venv
+	$(PY) -m bench.gpu_check $(ARGS)
 
 bench: venv deps
 	$(PY) -m bench $(ARGS)
@@ -45,4 +70,4 @@ fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_fuzz.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .hypothesis build *.egg-info

@@ -192,6 +192,9 @@ def render(data):
     for ok, text in criteria(summary):
         mark = {True: "PASS", False: "FAIL", None: "not measured"}[ok]
         lines.append(f"- **{mark}** {text}")
+    if data.get("live_clients"):
+        lines += ["", "Ten live pages following `/api/live` (`python -m bench.live_clients`):", "", "```",
+                  data["live_clients"], "```"]
     if data.get("gpu_refresh"):
         lines += ["", "NVIDIA refresh on fake GPUs (`python -m bench.gpu_refresh`):", "", "```",
                   data["gpu_refresh"], "```"]

@@ -187,6 +187,8 @@ def run_bench(args, reaper, workdir):
                 info["loadavg_end"] = os.getloadavg()
                 save(args, data)        # what is measured survives an interruption
     data["gpu_refresh"] = gpu_refresh()
+    data["live_clients"] = live_clients(args.quick)
+    log(data["live_clients"])
     save(args, data)
     text = report.render(data)
     print(text)
@@ -214,6 +216,16 @@ def gpu_refresh():
         return (out.stdout + (out.stderr if out.returncode else "")).strip()
     except subprocess.TimeoutExpired:
         return "bench/gpu_refresh.py timed out"
+
+
+def live_clients(quick):
+    """Output of bench/live_clients.py: CPU that ten live pages add to the exporter."""
+    argv = [sys.executable, "-m", "bench.live_clients"] + (["--quick"] if quick else [])
+    try:
+        out = subprocess.run(argv, cwd=ex.ROOT, capture_output=True, text=True, timeout=300)
+        return (out.stdout + (out.stderr if out.returncode else "")).strip()
+    except subprocess.TimeoutExpired:
+        return "bench/live_clients.py timed out"
 
 
 def _on_term(signum, frame):

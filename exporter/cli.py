@@ -149,8 +149,9 @@ def serve(config, ready_event=None, stop_event=None):
     security = load_server_security(config)
     host, port = cfgmod.parse_listen_address(config["web"]["listen_address"])
     pipeline = Pipeline(config)
+    live = live_stream(config, pipeline)
     try:
-        server = security.make_server((host, port), pipeline, config)
+        server = security.make_server((host, port), pipeline, config, live=live)
     except OSError as e:
         pipeline.stop()
         why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
@@ -180,6 +181,21 @@ def serve(config, ready_event=None, stop_event=None):
     server.server_close()
     pipeline.stop(timeout=1.0)
     return 0
+
+
+def live_stream(config, pipeline):
+    """The live page's stream, fed with each new verdict (at most one per critical interval); None when off."""
+    if not config["web"]["live_page"]:
+        return None
+    from .web import Live
+
+    live = Live(config["web"]["live_max_clients"], interval=config["tiers"]["critical"])
+
+    def on_verdict(event):
+        live.publish(event.verdict, [f for c in event.collectors for f in getattr(c, "families", None) or ()])
+
+    pipeline.subscribe(on_verdict)
+    return live
 
 
 def check_config(argv):

@@ -213,6 +213,8 @@ SCHEMA = {
         "max_header_bytes": Field("int", 8192, _positive, "a positive integer", lo=1024, hi=1 << 20),
         "max_connections": Field("int", 512, _positive, "a positive integer", lo=1, hi=65536),
         "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number", lo=0.1, hi=86400),
+        "live_page": Field("bool", True),
+        "live_max_clients": Field("int", 10, _positive, "a positive integer", lo=1, hi=1000),
     },
     "paths": {
         "procfs": Field("str", "/proc", _nonempty, "a directory"),
@@ -440,7 +442,7 @@ def build(file=None, environ=None, flags=None):
 
 
 SECTION_DOCS = {
-    "web": "HTTP server; TLS and basic auth live in the web config file",
+    "web": "HTTP server (TLS and basic auth live in the web config file) and the live page at /",
     "paths": "where procfs, sysfs and the root filesystem are mounted",
     "log": "log verbosity",
     "tiers": "refresh interval of each tier, in seconds",

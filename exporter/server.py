@@ -12,6 +12,9 @@ One event-loop thread serves every connection, so a slow or idle client holds no
 - at most web.max_connections connections are open; a new one pushes out the connection that
   has waited longest without completing a request;
 - TLS handshakes run in the loop without blocking it, each bounded by the read timeout.
+- /api/live streams the verdict to at most web.live_max_clients pages (more get 503); writes never
+  wait, and a page that stops taking them is dropped (behind for the read timeout, or 64 KiB
+  queued), so it never holds up a refresh, a scrape or another page.
 Only GET and HEAD; nothing is served from disk. Every response is one write with Nagle off.
 """
 import asyncio
@@ -23,6 +26,7 @@ import struct
 import threading
 
 from . import __version__, render
+from .web import ASSETS as LIVE_ASSETS, INDEX as LIVE_INDEX
 
 log = logging.getLogger("hoofhearted.server")
 
@@ -48,6 +52,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _ABSOLUTE = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 SCRAPE_TIMEOUT = "x-prometheus-scrape-timeout-seconds"
+LIVE_SNDBUF = 32 * 1024
 PIPELINE_TURN = 4           # pipelined requests answered before other connections get a turn
 
 
@@ -195,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.kept = False
         self.failed_auth = False     # a password from this connection was wrong before
         self.turn = None             # booked call to go on with pipelined requests
+        self.behind = None       # a live page: when it fell behind
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -263,6 +269,8 @@ class Connection(asyncio.Protocol):
             self.job = None
         self.buf = bytearray()
         self.srv.forget(self)
+        if self.srv.live is not None:
+            self.srv.live.discard(self)
 
     def _abort(self):
         if self.transport is not None:
@@ -316,6 +324,10 @@ class Connection(asyncio.Protocol):
     # -- flow control ------------------------------------------------------------------------
 
     def pause_writing(self):
+        if self.state == "live":     # a page not taking its updates is dropped, never waited for
+            self.srv.live.dropped += 1
+            self._abort()
+            return
         # Held outside any budget: max_connections bounds these, the write timeout ends them.
         self.write_paused = True
         self._arm(self.srv.read_timeout, self._write_timeout)
@@ -353,7 +365,7 @@ class Connection(asyncio.Protocol):
     # -- requests ----------------------------------------------------------------------------
 
     def data_received(self, data):
-        if self.state in ("closed", "closing"):
+        if self.state in ("closed", "closing", "live"):
             return
         self.buf += data
         if self.state in ("idle", "head") and not self.write_paused:
@@ -459,6 +471,8 @@ class Connection(asyncio.Protocol):
             self._respond(405, b"method not allowed\n", extra=b"Allow: GET, HEAD\r\n", close=True)
             return
         handler = ROUTES.get(req.path)
+        if handler is None and req.path in LIVE_ASSETS and self.srv.live is not None:
+            handler = Connection._asset
         if handler is None:
             self._respond(404, b"not found\n", head=req.method == "HEAD")
             return
@@ -475,8 +489,21 @@ class Connection(asyncio.Protocol):
         self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
 
     def _landing(self, req, head):
+        if self.srv.live is not None:
+            self._respond(200, LIVE_INDEX, "text/html; charset=utf-8", head=head)
+            return
         page = LANDING.format(version=html.escape(__version__)).encode()
         self._respond(200, page, "text/html; charset=utf-8", head=head)
+
+    def _asset(self, req, head):
+        body, kind = LIVE_ASSETS[req.path]
+        self._respond(200, body, kind, b"Cache-Control: no-cache\r\n", head=head)
+
+    def _live_stream(self, req, head):
+        if self.srv.live is None:
+            self._respond(404, b"not found\n", head=head)
+        else:
+            self._live(head)
 
     def _healthy(self, req, head):
         self._respond(200, b"OK\n", head=head)
@@ -494,6 +521,43 @@ class Connection(asyncio.Protocol):
             self._respond(200, b"OK\n", head=head)
         else:
             self._respond(503, b"not ready: collectors have not refreshed yet\n", head=head)
+
+    def _live(self, head):
+        """Server-Sent Events: headers now, then every verdict frame until the page goes away."""
+        live = self.srv.live
+        if live.full():
+            live.refused += 1
+            self._respond(503, b"too many viewers\n", extra=b"Retry-After: 10\r\n", close=not head)
+            return
+        if head:
+            self._respond(200, b"", "text/event-stream", b"Cache-Control: no-store\r\n", head=True)
+            return
+        security = self.srv.security
+        self.req = None
+        self.transport.write(b"".join((
+            b"HTTP/1.1 200 OK\r\n", SERVER, b"Content-Type: text/event-stream\r\nCache-Control: no-store\r\n",
+            security.current.header_bytes if security is not None else b"", b"Connection: close\r\n\r\n")))
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:     # little kernel buffering: a page that stops reading shows soon
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LIVE_SNDBUF)
+        self.state = "live"
+        self.buf = bytearray()
+        self._disarm()
+        live.add(self)
+
+    def send(self, data):
+        """Queue a frame; a page still behind after the read timeout is dropped."""
+        if self.state != "live":
+            return
+        self.transport.write(data)
+        if self.state != "live" or not self.transport.get_write_buffer_size():
+            self.behind = None
+        elif self.behind is None:
+            self.behind = self.loop.time()
+        elif self.loop.time() - self.behind > self.srv.read_timeout:
+            log.debug("dropping a live page that does not read")
+            self.srv.live.dropped += 1
+            self._abort()
 
     def _respond(self, code, body, content_type=PLAIN, extra=b"", head=False, close=False):
         """Headers and body in one write; then wait for the next request or close."""
@@ -529,6 +593,7 @@ ROUTES = {
     "/metrics": Connection._metrics,
     "/": Connection._landing,
     "/api/verdict": Connection._verdict,
+    "/api/live": Connection._live_stream,
     "/-/healthy": Connection._healthy,
     "/-/ready": Connection._ready,
 }
@@ -538,7 +603,7 @@ class Server:
     """Listening socket and event loop. ``serve_in_thread``, ``shutdown``, ``server_close``."""
 
     def __init__(self, address, scheduler, read_timeout=5.0, max_requests=40, max_header_bytes=8192,
-                 max_connections=512, idle_timeout=120.0, security=None, backlog=128):
+                 max_connections=512, idle_timeout=120.0, security=None, backlog=128, live=None):
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -554,6 +619,7 @@ class Server:
         self.server_address = sock.getsockname()[:2]
         self.scheduler = scheduler
         self.security = security
+        self.live = live
         self.read_timeout = read_timeout
         self.idle_timeout = max(idle_timeout, read_timeout)
         self.max_requests = max_requests
@@ -597,10 +663,14 @@ class Server:
         try:
             self._aserver = loop.run_until_complete(
                 loop.create_server(lambda: Connection(self), sock=self.socket))
+            if self.live is not None:
+                self.live.start(loop)
             self._started.set()
             loop.run_forever()
         finally:
             self._started.set()
+            if self.live is not None:
+                self.live.stop()
             if self._aserver is not None:
                 self._aserver.close()
             for conn in list(self.connections):

@@ -87,7 +87,33 @@ def gpu_name(gpu):
     return f"GPU{gpu}" if str(gpu).isdigit() else str(gpu)
 
 
-def temperatures(m):
+# clock-event reasons that mean the GPU is held back, in the words the verdict uses
+THROTTLE = {"sw_power_cap": "power", "hw_power_brake_slowdown": "power", "sw_thermal_slowdown": "heat",
+            "hw_thermal_slowdown": "heat", "hw_slowdown": "a hardware slowdown"}
+
+GPU_FAMILIES = ("hoofhearted_gpu_info", "hoofhearted_gpu_utilization_ratio", "hoofhearted_gpu_temperature_celsius",
+                "hoofhearted_gpu_fan_speed_ratio", "hoofhearted_gpu_power_watts")
+
+
+def gpu_names(m):
+    """(gpu, uuid) -> the name a person reads: GPU0, or "GPU0 (amd)" when two vendors both have a
+    GPU 0 (NVIDIA counts its GPUs, AMD its DRM cards: only the uuid tells them apart)."""
+    vendor, keys = {}, set()
+    for fam in GPU_FAMILIES:
+        for s in m.get(fam, ()):
+            k = _key(s.labels, "gpu", "uuid")
+            keys.add(k)
+            if s.labels.get("vendor"):
+                vendor[k] = s.labels["vendor"]
+    count = {}
+    for gpu, _ in keys:
+        count[gpu] = count.get(gpu, 0) + 1
+    return {k: gpu_name(k[0]) if count[k[0]] == 1 else f"{gpu_name(k[0])} ({vendor.get(k) or k[1][:12]})"
+            for k in keys}
+
+
+def temperatures(m, names=None):
+    names = gpu_names(m) if names is None else names
     out = []
     tmax = {tuple(sorted(s.labels.items())): s.value for s in m.get("hoofhearted_temperature_max_celsius", ())}
     tcrit = {tuple(sorted(s.labels.items())): s.value
@@ -103,7 +129,7 @@ def temperatures(m):
     shut = _by(m.get("hoofhearted_gpu_temperature_shutdown_celsius", ()), "gpu", "uuid")
     for s in m.get("hoofhearted_gpu_temperature_celsius", ()):
         k = _key(s.labels, "gpu", "uuid")
-        name = gpu_name(k[0])
+        name = names.get(k) or gpu_name(k[0])
         out.append({"name": name, "chip": name, "sensor": "gpu", "label": "", "celsius": s.value,
                     "max_celsius": slow.get(k), "critical_celsius": shut.get(k), "kind": "gpu"})
     out.sort(key=_hottest_first)
@@ -118,7 +144,8 @@ def _hottest_first(t):
     return (t["kind"] == "radio", -t["celsius"], -closeness, t["name"])
 
 
-def fans(m):
+def fans(m, names=None):
+    names = gpu_names(m) if names is None else names
     found = {}
     fmax = _by(m.get("hoofhearted_fan_max_rpm", ()), "chip", "fan")
     pwm = _by(m.get("hoofhearted_fan_pwm_ratio", ()), "chip", "fan")
@@ -138,22 +165,23 @@ def fans(m):
     for k, ratio in pwm.items():                            # a PWM output without a tachometer
         found.setdefault(k, {"name": f"{k[0]} {k[1]}".strip(), "chip": k[0], "fan": k[1], "label": "",
                              "rpm": None, "ratio": ratio})
-    gpu_rpm = _by(m.get("hoofhearted_gpu_fan_speed_rpm", ()), "gpu", "fan")
+    gpu_rpm = _by(m.get("hoofhearted_gpu_fan_speed_rpm", ()), "gpu", "uuid", "fan")
     for s in m.get("hoofhearted_gpu_fan_speed_ratio", ()):
-        k = _key(s.labels, "gpu", "fan")
-        name = gpu_name(k[0])
-        found[("gpu",) + k] = {"name": f"{name} fan {k[1]}".strip(), "chip": name, "fan": k[1], "label": "",
+        k = _key(s.labels, "gpu", "uuid", "fan")
+        name = names.get(k[:2]) or gpu_name(k[0])
+        found[("gpu",) + k] = {"name": f"{name} fan {k[2]}".strip(), "chip": name, "fan": k[2], "label": "",
                                "rpm": gpu_rpm.get(k), "ratio": s.value}
     out = list(found.values())
     out.sort(key=lambda f: (-(f["ratio"] if f["ratio"] is not None else -1), -(f["rpm"] or 0), f["name"]))
     return out
 
 
-def gpus(m):
+def gpus(m, names=None):
+    names = gpu_names(m) if names is None else names
     out = {}
     for s in m.get("hoofhearted_gpu_info", ()):
         k = _key(s.labels, "gpu", "uuid")
-        out.setdefault(k, {})["name"] = s.labels.get("name", "")
+        out.setdefault(k, {}).update(name=s.labels.get("name", ""), vendor=s.labels.get("vendor", ""))
     fields = (("hoofhearted_gpu_utilization_ratio", "utilization_ratio"),
               ("hoofhearted_gpu_temperature_celsius", "temperature_celsius"),
               ("hoofhearted_gpu_temperature_slowdown_celsius", "slowdown_celsius"),
@@ -163,10 +191,17 @@ def gpus(m):
     for metric, field in fields:
         for s in m.get(metric, ()):
             out.setdefault(_key(s.labels, "gpu", "uuid"), {})[field] = s.value
+    throttle = {}
+    for s in m.get("hoofhearted_gpu_clock_event", ()):
+        why = THROTTLE.get(s.labels.get("reason", ""))
+        if why and s.value == 1:
+            throttle.setdefault(_key(s.labels, "gpu", "uuid"), set()).add(why)
     rows = []
     for (gpu, uuid), v in sorted(out.items()):
-        row = {"gpu": gpu, "uuid": uuid, "name": v.get("name", "")}
+        row = {"gpu": gpu, "uuid": uuid, "display": names.get((gpu, uuid)) or gpu_name(gpu),
+               "name": v.get("name", ""), "vendor": v.get("vendor", "")}
         row.update({f: v.get(f) for _, f in fields})
+        row["throttled_for"] = sorted(throttle.get((gpu, uuid), ()))
         rows.append(row)
     return rows
 
@@ -215,15 +250,16 @@ def _dominated(parts, total):
     return total.score <= 0 or top >= DOMINANT * total.score
 
 
-def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1, shown=SHOWN):
+def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1, shown=SHOWN, names=None):
     """Ranked units (see the module docstring). procs: iterable of Proc; rates: pid -> cores.
 
     Only groups with a member that uses CPU or a GPU become units (an idle machine has hundreds
     of idle processes); when fewer than ``shown`` do, the largest idle processes by memory fill up."""
     ncores, ngpus = max(1, ncores or 1), max(1, ngpus or 1)
     gpu_use, gpu_mem = {}, {}
+    names = names or {}
     for e in gpu_entries:
-        gpu, pid, mem, engines = e[0], e[2], e[6], e[7]
+        gpu, pid, mem, engines = names.get((e[0], e[1])) or gpu_name(e[0]), e[2], e[6], e[7]
         share = max((engines or {}).values(), default=0.0)
         use = gpu_use.setdefault(pid, {})
         use[gpu] = min(1.0, use.get(gpu, 0.0) + share)
@@ -307,7 +343,7 @@ def uses(c):
     if c["cores"] is not None and (c["cores"] >= 0.005 or not c["gpu"]):
         parts.append(f"{c['cores']:.2f} cores")
     for g, share in sorted(c["gpu"].items(), key=lambda kv: (-kv[1], kv[0])):
-        parts.append(f"{pct(share)} of {gpu_name(g)}")
+        parts.append(f"{pct(share)} of {g}")
     if not parts:
         parts.append(f"{bytes_text(c['memory_bytes'])} of memory" if c["memory_bytes"] else "nothing measurable")
     if len(parts) > 1:
@@ -340,7 +376,7 @@ def load_text(report):
         bits.append(f"CPU {pct(report['cpu']['usage_ratio'])} busy")
     for g in report["gpus"]:
         if g.get("utilization_ratio") is not None:
-            bits.append(f"{gpu_name(g['gpu'])} {pct(g['utilization_ratio'])} busy")
+            bits.append(f"{g['display']} {pct(g['utilization_ratio'])} busy")
     return ", ".join(bits)
 
 
@@ -355,6 +391,12 @@ def idle(report):
 
 
 def sentence(report):
+    throttled = [f"{g['display']} is throttling for {' and '.join(g['throttled_for'])}."
+                 for g in report["gpus"] if g.get("throttled_for")]
+    return " ".join([_sentence(report)] + throttled)
+
+
+def _sentence(report):
     lead = fan_lead(report["fans"])
     load = load_text(report)
     paren = f" ({load})" if load else ""
@@ -419,7 +461,8 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
     ranked again only when the process or GPU-process snapshot changed."""
     m = index(collectors)
     by_name = {c.name: c for c in collectors}
-    temps, fan_list, gpu_list = temperatures(m), fans(m), gpus(m)
+    names = gpu_names(m)
+    temps, fan_list, gpu_list = temperatures(m, names), fans(m, names), gpus(m, names)
     cpu_usage, ncores = _one(m, "hoofhearted_cpu_usage_ratio"), _one(m, "hoofhearted_cpu_cores")
     total, used = _one(m, "hoofhearted_memory_total_bytes"), _one(m, "hoofhearted_memory_used_bytes")
     memory = None
@@ -450,7 +493,7 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
         if cache is not None and cache.get("key") == key:
             units = cache["units"]
         else:
-            units = culprits(table.procs.values(), proc_c.rates, entries, ncores, len(gpu_list))
+            units = culprits(table.procs.values(), proc_c.rates, entries, ncores, len(gpu_list), names=names)
             if cache is not None:
                 cache.update(key=key, units=units)
         for rank, u in enumerate(units[:SHOWN], 1):
@@ -483,7 +526,8 @@ def families(report):
     count = gauge("hoofhearted_culprit_processes", "Processes in the culprit of a rank (1 for a process).", ["rank"])
     mem = gauge("hoofhearted_culprit_memory_bytes", "Resident memory of the culprit of a rank.", ["rank"])
     gpu = gauge("hoofhearted_culprit_gpu_utilization_ratio", "Share of a GPU the culprit of a rank keeps busy (0-1).",
-                ["rank", "gpu"])
+                ["rank", "gpu", "uuid"])
+    by_display = {g["display"]: g for g in report.get("gpus", ())}
     for c in report["culprits"][:RANKS]:
         rank = str(c["rank"])
         info.add_metric([rank, c["kind"], c["name"], c["user"], c["owner"],
@@ -493,5 +537,7 @@ def families(report):
         count.add_metric([rank], c["processes"])
         mem.add_metric([rank], c["memory_bytes"])
         for g, share in sorted(c["gpu"].items()):
-            gpu.add_metric([rank, g], share)
+            row = by_display.get(g)
+            if row is not None:
+                gpu.add_metric([rank, row["gpu"], row["uuid"]], share)
     return [measuring, sensors, info, cores, count, mem, gpu]

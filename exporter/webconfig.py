@@ -639,13 +639,13 @@ class ServerSecurity:
         if path:
             log.info("web config loaded file=%s %s", path, self.current.describe())
 
-    def make_server(self, address, scheduler, config):
+    def make_server(self, address, scheduler, config, live=None):
         from .server import Server
         web = config["web"]
         return Server(address, scheduler, read_timeout=web["read_timeout_seconds"],
                       max_requests=web["max_requests"], max_header_bytes=web["max_header_bytes"],
                       max_connections=web["max_connections"],
-                      idle_timeout=web["idle_timeout_seconds"], security=self)
+                      idle_timeout=web["idle_timeout_seconds"], security=self, live=live)
 
     def watch(self):
         """Start the watcher thread (once)."""

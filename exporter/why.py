@@ -156,7 +156,7 @@ def lines(report):
         bits = [f"{pct(g['utilization_ratio'])} busy"] if g.get("utilization_ratio") is not None else []
         if g.get("temperature_celsius") is not None:
             bits.append(f"{g['temperature_celsius']:.0f} °C")
-        load.append(f"{gpu_name(g['gpu'])} {', '.join(bits)}".strip())
+        load.append(f"{g.get('display') or gpu_name(g['gpu'])} {', '.join(bits)}".strip())
     if not report["gpus"]:
         load.append("no GPU seen")
     out.append("Load: " + "; ".join(load))
@@ -171,7 +171,7 @@ def lines(report):
                 what = f"{owner_text(clean(c['name']))[:33]:<33}"
             owner = owner_text(clean(c["owner"])) if c["owner"] and c["kind"] != "owner" else "-"
             cores = f"{c['cores']:.2f} cores" if c["cores"] is not None else "- cores"
-            gpu = " ".join(f"{gpu_name(g)} {pct(v)}" for g, v in sorted(c["gpu"].items()))
+            gpu = " ".join(f"{g} {pct(v)}" for g, v in sorted(c["gpu"].items()))
             out.append(f"  {what} {clean(c['user']) or '-':<10} {owner:<24} {cores:>11}  "
                        f"{bytes_text(c['memory_bytes']):>10}{'  ' + gpu if gpu else ''}")
     out.append(report["sentence"])

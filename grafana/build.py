@@ -398,9 +398,15 @@ def gpu():
     b.add(timeseries("Power vs limit", targets(
         (f"hoofhearted_gpu_power_watts{{{IG}}}", "GPU{{gpu}}"),
         (f"hoofhearted_gpu_power_limit_watts{{{IG}}}", "GPU{{gpu}} limit"),
-        (f"rate(hoofhearted_gpu_energy_joules_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} from energy")),
+        (f"rate(hoofhearted_gpu_energy_joules_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} from energy"),
+        (f"hoofhearted_gpu_power_default_limit_watts{{{IG}}}", "GPU{{gpu}} default limit"),
+        (f"hoofhearted_gpu_power_max_limit_watts{{{IG}}}", "GPU{{gpu}} max limit"),
+        (f"hoofhearted_gpu_soc_power_watts{{{IG}}}", "GPU{{gpu}} APU package")),
         unit="watt", minimum=0,
-        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0)]),
+        description="An APU reports the power of its whole package (CPU cores included), shown apart.",
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#D", custom__lineStyle={"dash": [4, 4], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#E", custom__lineStyle={"dash": [2, 6], "fill": "dash"}, custom__fillOpacity=0)]),
         12, 8)
     b.add(timeseries("Clocks", targets((f"hoofhearted_gpu_clock_hertz{{{IG}}}", "GPU{{gpu}} {{clock}}")),
                      unit="hertz"), 12, 8)
@@ -415,7 +421,68 @@ def gpu():
         (f"hoofhearted_gpu_pcie_transmit_bytes_per_second{{{IG}}}", "GPU{{gpu}} PCIe tx")),
         overrides=[override("#B", unit="Bps", custom__axisPlacement="right"),
                    override("#C", unit="Bps", custom__axisPlacement="right")],
-        description="P0 is full speed, P8 idle."), 12, 8)
+        description="P0 is full speed, P8 idle. PCIe throughput only for GPUs without PCIe byte counters."),
+        12, 8)
+
+    b.row("GPU health")
+    b.add(timeseries("Throttled time by reason", targets(
+        (f"rate(hoofhearted_gpu_clock_event_seconds_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} {{reason}}")),
+        unit="percentunit", minimum=0,
+        description="Share of time the clocks were held down, from the driver's counters: throttling "
+                    "between two scrapes shows too."), 12, 8)
+    b.add(timeseries("Temperature margin and memory temperature", targets(
+        (f"hoofhearted_gpu_temperature_margin_celsius{{{IG}}}", "GPU{{gpu}} margin to T.Limit"),
+        (f'hoofhearted_gpu_sensor_temperature_celsius{{{IG}, sensor="mem"}}', "GPU{{gpu}} memory"),
+        (f"hoofhearted_gpu_sensor_temperature_critical_celsius{{{IG}}}", "GPU{{gpu}} {{sensor}} critical")),
+        unit="celsius",
+        description="Margin: degrees left before the GPU reaches its limit; near 0 it slows down."), 12, 8)
+    b.add(table("Xid errors", targets(
+        (f"hoofhearted_gpu_xid_errors_total{{{IG}}}", ""), table=True),
+        merge_table({"gpu": "GPU", "xid": "Xid", "Value": "Count"}, hide=("Time", "job", "instance", "uuid"),
+                    order=("gpu", "xid", "Value")),
+        sort_by="Count",
+        description="Xid errors since the exporter started. 48, 63, 64, 74, 79, 92, 94, 95 and 119-120 mean a "
+                    "broken or lost GPU."), 8, 8)
+    b.add(timeseries("Memory errors and repairs", targets(
+        (f"increase(hoofhearted_gpu_ecc_errors_total{{{IG}, counter=\"volatile\"}}[$__rate_interval])",
+         "GPU{{gpu}} ECC {{error}}"),
+        (f"hoofhearted_gpu_remapped_rows{{{IG}}}", "GPU{{gpu}} remapped rows {{cause}}"),
+        (f"hoofhearted_gpu_retired_pages{{{IG}}}", "GPU{{gpu}} retired pages {{cause}}")), minimum=0,
+        description="Corrected errors are repaired; uncorrected ones are lost data."), 8, 8)
+    b.add(stat("Memory repair", targets(
+        (f"hoofhearted_gpu_remapped_rows_pending{{{IG}}}", "GPU{{gpu}} remap pending"),
+        (f"hoofhearted_gpu_remapped_rows_failed{{{IG}}}", "GPU{{gpu}} remap failed"),
+        (f"hoofhearted_gpu_retired_pages_pending{{{IG}}}", "GPU{{gpu}} retirement pending")),
+        graph="none", steps=thresholds(("green", None), ("red", 1)),
+        mappings=[{"type": "value", "options": {"0": {"color": "green", "index": 0, "text": "no"},
+                                                "1": {"color": "red", "index": 1, "text": "YES"}}}],
+        description="Pending: the GPU needs a reset. Failed: the GPU needs service."), 8, 8)
+    b.add(timeseries("PCIe link", targets(
+        (f"hoofhearted_gpu_pcie_link_width{{{IG}}}", "GPU{{gpu}} lanes"),
+        (f"hoofhearted_gpu_pcie_link_max_width{{{IG}}}", "GPU{{gpu}} max lanes"),
+        (f"hoofhearted_gpu_pcie_link_generation{{{IG}}}", "GPU{{gpu}} generation"),
+        (f"hoofhearted_gpu_pcie_link_max_generation{{{IG}}}", "GPU{{gpu}} max generation")), minimum=0,
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#D", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0)],
+        description="Fewer lanes than the maximum: the link trained down (reseat the card). The generation "
+                    "drops at idle to save power."), 8, 8)
+    b.add(timeseries("PCIe traffic and replays", targets(
+        (f"rate(hoofhearted_gpu_pcie_receive_bytes_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} rx"),
+        (f"rate(hoofhearted_gpu_pcie_transmit_bytes_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} tx"),
+        (f"increase(hoofhearted_gpu_pcie_replays_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} replays")),
+        unit="Bps", minimum=0,
+        overrides=[override("#C", unit="short", custom__axisPlacement="right")],
+        description="From the driver's byte counters; replays are packets resent after link errors."), 8, 8)
+    b.add(timeseries("Fan speed", targets((f"hoofhearted_gpu_fan_speed_rpm{{{IG}}}", "GPU{{gpu}} fan {{fan}}")),
+                     unit="rotrpm", minimum=0), 8, 8)
+    b.add(timeseries("NVLink", targets(
+        (f"hoofhearted_gpu_nvlink_links_active{{{IG}}}", "GPU{{gpu}} links up"),
+        (f"hoofhearted_gpu_nvlink_links{{{IG}}}", "GPU{{gpu}} links"),
+        (f"increase(hoofhearted_gpu_nvlink_errors_total{{{IG}}}[$__rate_interval])", "GPU{{gpu}} {{error}} errors")),
+        minimum=0,
+        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+                   override("#C", custom__axisPlacement="right")],
+        description="Links up against links present; errors over all links."), 8, 8)
 
     b.row("Processes on the GPUs")
     b.add(table("GPU processes", targets(
@@ -434,6 +501,12 @@ def gpu():
     b.add(timeseries("GPU memory by process (stacked)", targets(
         (f"hoofhearted_gpu_process_memory_bytes{{{IG}}}", GPU_PROC_LEGEND)), unit="bytes", stack=True,
         minimum=0), 12, 8)
+    b.add(timeseries("GPU busy time by process name (stacked)", targets(
+        (f'sum by (instance, gpu, group) (rate(hoofhearted_gpu_process_group_engine_seconds_total{{{IG}, '
+         f'engine!="memory"}}[$__rate_interval]))', "GPU{{gpu}} {{group}}")),
+        unit="percentunit", stack=True, minimum=0,
+        description="Engine busy time from counters, summed over the engines of each process name: exact over "
+                    "any window, however far apart the scrapes."), 24, 8)
     return b
 
 

@@ -53,6 +53,21 @@ def stop_group(proc, timeout=5):
             proc.wait()
 
 
+SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where this run's browser screenshots are (tests/browser.py saves them)."""
+    from browser import ARTIFACTS
+    try:
+        names = sorted(n for n in os.listdir(ARTIFACTS)
+                       if os.path.getmtime(os.path.join(ARTIFACTS, n)) >= SESSION_START)
+    except OSError:
+        return
+    if names:
+        terminalreporter.write_line(f"screenshots in {ARTIFACTS}: {', '.join(names)}")
+
+
 @pytest.fixture
 def require_tool():
     return need_tool

@@ -300,7 +300,7 @@ def fake_gpu_modules():
     from exporter.config import FIELDS
     if ("gpu", "nvml_module") not in FIELDS:
         return None
-    wanted = ("datacenter", "geforce", "datacenter")
+    wanted = ("datacenter", "geforce", "box")   # box: Xid, retired pages, PCIe throughput
     have = [m for m in wanted if os.path.exists(os.path.join(HERE, "fakenvml", f"{m}.py"))]
     if not have:
         return None

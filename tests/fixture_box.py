@@ -5,7 +5,7 @@ Used by the golden exposition and the README metric table, so both cover every c
 import os
 import shutil
 
-from conftest import PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
+from conftest import FIXTURES, PROCFS_FIXTURE, PROCFS_SYSFS, SYSFS
 
 FAKE_NVML = "tests.fakenvml.box"
 
@@ -49,14 +49,30 @@ def make_sysfs(root):
     os.symlink(os.path.join(SYSFS, "devices"), os.path.join(root, "devices"))
     drm = os.path.join(root, "class", "drm")
     os.makedirs(drm)
-    os.symlink(os.path.join(PROCFS_SYSFS, "class", "drm", "card1"), os.path.join(drm, "card1"))
+    # the Intel iGPU, with the GT frequency files i915 has beside its card
+    shutil.copytree(os.path.join(PROCFS_SYSFS, "class", "drm", "card1"), os.path.join(drm, "card1"), symlinks=True)
+    for name, value in (("gt_act_freq_mhz", "350"), ("gt_cur_freq_mhz", "350"), ("gt_max_freq_mhz", "1150")):
+        with open(os.path.join(drm, "card1", name), "w") as f:
+            f.write(value + "\n")
     shutil.copytree(os.path.join(PROCFS_SYSFS, "class", "drm", "card0"), os.path.join(drm, "card0"), symlinks=True)
     amd_hwmon = os.path.join(drm, "card0", "device", "hwmon", "hwmon31")
     os.makedirs(amd_hwmon)
     for name, value in (("name", "amdgpu"), ("temp1_input", "61000"), ("temp1_label", "edge"),
-                        ("temp2_input", "74000"), ("temp2_label", "junction"), ("fan1_input", "1830"),
+                        ("temp2_input", "74000"), ("temp2_label", "junction"), ("temp2_crit", "110000"),
+                        ("fan1_input", "1830"),
                         ("pwm1", "102"), ("power1_average", "143000000")):
         with open(os.path.join(amd_hwmon, name), "w") as f:
+            f.write(value + "\n")
+    # an AMD APU (made up: no fixture has one): VRAM a 512 MiB carve-out, power1 the whole package
+    apu = os.path.join(drm, "card2", "device")
+    os.makedirs(os.path.join(apu, "hwmon", "hwmon32"))
+    for name, value in (("uevent", "DRIVER=amdgpu\nPCI_SLOT_NAME=0000:c4:00.0"), ("vendor", "0x1002"),
+                        ("device", "0x15bf"), ("gpu_busy_percent", "3"), ("mem_busy_percent", "1"),
+                        ("mem_info_vram_total", "536870912"), ("mem_info_vram_used", "402653184"),
+                        ("mem_info_gtt_total", "16106127360"), ("hwmon/hwmon32/name", "amdgpu"),
+                        ("hwmon/hwmon32/temp1_input", "45000"), ("hwmon/hwmon32/temp1_label", "edge"),
+                        ("hwmon/hwmon32/power1_input", "23000000")):
+        with open(os.path.join(apu, name), "w") as f:
             f.write(value + "\n")
     os.symlink(os.path.join(PROCFS_SYSFS, "bus"), os.path.join(root, "bus"))
     return root
@@ -69,6 +85,9 @@ def make_procfs(root):
         f.write("/dev/sda1 / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n/dev/sdb1 /data xfs rw 0 0\n")
     with open(os.path.join(root, "filesystems"), "w") as f:
         f.write("nodev\tsysfs\nnodev\tproc\n\text4\n\txfs\n")
+    # vim renders on the Intel iGPU (card1, 0000:00:02.0): a DRM client in its fdinfo
+    os.symlink("/dev/dri/renderD128", os.path.join(root, "26231", "fd", "9"))
+    shutil.copy(os.path.join(FIXTURES, "fdinfo", "i915-2022-engines.fdinfo"), os.path.join(root, "26231", "fdinfo", "9"))
     # a miner, copied from the vim process: the miner metric needs one to appear
     miner = os.path.join(root, "31337")
     shutil.copytree(os.path.join(root, "26231"), miner, symlinks=True)

@@ -1,6 +1,7 @@
 """Fake NVML for fault tests (`gpu.nvml_module: tests.hangnvml`): the 'datacenter' scenario of
-tests/fakenvml, except that nvmlDeviceGetTemperature blocks, as a wedged driver call does, for
-as long as the file named by $FAKENVML_HANG exists."""
+tests/fakenvml, except that reading the temperature (nvmlDeviceGetTemperatureV, and the older
+nvmlDeviceGetTemperature) blocks, as a wedged driver call does, for as long as the file named by
+$FAKENVML_HANG exists."""
 import os
 import sys
 import time
@@ -9,15 +10,17 @@ from tests.fakenvml import scenarios
 
 nvml = scenarios.datacenter()
 _lib = nvml._fake
-_temperature = _lib.symbols.nvmlDeviceGetTemperature
 
 
-def _hanging_temperature(*args):
-    flag = os.environ.get("FAKENVML_HANG", "")
-    while flag and os.path.exists(flag):
-        time.sleep(0.05)
-    return _temperature(*args)
+def _hanging(call):
+    def hang(*args):
+        flag = os.environ.get("FAKENVML_HANG", "")
+        while flag and os.path.exists(flag):
+            time.sleep(0.05)
+        return call(*args)
+    return hang
 
 
-_lib.symbols.nvmlDeviceGetTemperature = _hanging_temperature
+for _name in ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"):
+    setattr(_lib.symbols, _name, _hanging(getattr(_lib.symbols, _name)))
 sys.modules[__name__] = nvml

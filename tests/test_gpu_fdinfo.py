@@ -31,9 +31,31 @@ def test_amdgpu_keys_and_memory_counted_once():
     c = parse(sample(AMD), pid=7)
     assert (c.pid, c.driver, c.pdev, c.client_id) == (7, "amdgpu", "0000:04:00.0", "30")
     assert c.engines == {"gfx": 39456116802}
-    # drm-total-vram, drm-resident-vram and drm-memory-vram are all 544428 KiB: one region, once
-    assert c.memory == {"cpu": 0, "gtt": 22 * MIB, "vram": 544428 * KIB}
-    assert c.gpu_memory() == 544428 * KIB          # device memory only: gtt and cpu are system RAM
+    # drm-total-vram, drm-resident-vram and drm-memory-vram are all 544428 KiB: one region, once;
+    # drm-shared-vram 13584 KiB belongs to every importer: not this client's
+    assert c.memory == {"cpu": 0, "gtt": 22 * MIB, "vram": (544428 - 13584) * KIB}
+    assert c.gpu_memory() == (544428 - 13584) * KIB    # device memory only: gtt and cpu are system RAM
+    assert c.gpu_memory(apu=True) == (544428 - 13584) * KIB + 22 * MIB   # an APU's memory is GTT too
+
+
+def test_resident_memory_not_total_and_memory_is_residents_old_name():
+    text = ("drm-driver:\tamdgpu\ndrm-client-id:\t5\ndrm-pdev:\t0000:04:00.0\n"
+            "drm-total-vram:\t4096 KiB\ndrm-resident-vram:\t1024 KiB\ndrm-total-gtt:\t512 KiB\n"
+            "drm-memory-gtt:\t256 KiB\n")
+    c = parse(text)
+    # allocated but not resident (evicted) is not in use; drm-memory-gtt is resident gtt, not total
+    assert c.memory == {"vram": 1024 * KIB, "gtt": 256 * KIB}
+
+
+def test_a_shared_buffer_is_not_counted_once_per_importer(tmp_path):
+    buf = "drm-total-vram:\t{t} KiB\ndrm-shared-vram:\t{s} KiB\ndrm-resident-vram:\t{t} KiB\n"
+    head = "drm-driver:\tamdgpu\ndrm-pdev:\t0000:04:00.0\ndrm-client-id:\t{c}\n"
+    t = FdTree(tmp_path / "proc")
+    # a compositor and a game both hold one 8 MiB buffer; each has 1 MiB of its own
+    t.proc(100, "kwin", {3: head.format(c=1) + buf.format(t=9216, s=8192)})
+    t.proc(200, "game", {3: head.format(c=2) + buf.format(t=9216, s=8192)})
+    used = {u.pid: u.memory for u in UsageTracker().update(FdinfoReader(t.root).read(0.0), 0.0)}
+    assert used == {100: 1024 * KIB, 200: 1024 * KIB}
 
 
 def test_amdgpu_legacy_memory_keys():
@@ -59,15 +81,16 @@ def test_xe_cycles_and_regions():
     assert c.cycles == {"rcs": 28257900, "bcs": 0, "vcs": 0, "vecs": 0, "ccs": 0}
     assert c.total_cycles == {k: 7655183225 for k in ("rcs", "bcs", "vcs", "vecs", "ccs")}
     assert c.capacity == {"vcs": 2, "vecs": 2, "ccs": 4}
-    assert c.memory == {"system": 0, "gtt": 192 * KIB, "vram0": 23992 * KIB, "stolen": 0}
-    assert c.gpu_memory() == 23992 * KIB
+    # resident vram0 23992 KiB of which 16 MiB shared
+    assert c.memory == {"system": 0, "gtt": 192 * KIB, "vram0": (23992 - 16384) * KIB, "stolen": 0}
+    assert c.gpu_memory() == (23992 - 16384) * KIB
 
 
 def test_mali_engines_with_hyphens_and_system_memory():
     pf = parse(sample("panfrost-kernel-doc.fdinfo"))
     assert (pf.driver, pf.pdev, pf.device) == ("panfrost", "", "panfrost")
     assert pf.engines == {"fragment": 1846584880, "vertex-tiler": 71932239}
-    assert pf.gpu_memory() == 290 * MIB            # integrated: the only region is system memory
+    assert pf.gpu_memory() == 36496 * KIB          # integrated: system memory; resident, not the 290 MiB total
     pt = parse(sample("panthor-kernel-doc.fdinfo"))
     assert pt.engines == {"panthor": 111110952750} and pt.gpu_memory() == 16480 * KIB
 
@@ -116,7 +139,7 @@ def test_utilisation_from_two_snapshots(tmp_path):
     reader, tracker = FdinfoReader(t.root), UsageTracker()
     first = {u.pid: u for u in tracker.update(reader.read(10.0), 10.0)}
     assert {p: u.engines for p, u in first.items()} == {100: None, 200: None, 300: None}
-    assert first[100].memory == 544428 * KIB and first[200].memory is None
+    assert first[100].memory == (544428 - 13584) * KIB and first[200].memory is None
     # 0.5 s later: gfx 250 ms busy; render 125 ms; video 0.5 s on a 2-engine group; xe rcs cycles
     t.proc(100, "game", {3: bump(sample(AMD), engine_gfx=250_000_000), 4: None})
     t.proc(200, "video", {5: bump(sample(I915), engine_render=125_000_000, engine_video=500_000_000)})
@@ -128,7 +151,23 @@ def test_utilisation_from_two_snapshots(tmp_path):
     assert second[200].engines == {"render": 0.25, "copy": 0.0, "video": 0.5, "video-enhance": 0.0}
     # 250 of 1000 cycles; 400 of 1000 cycles over a group of 4 engines
     assert second[300].engines == {"rcs": 0.25, "bcs": 0.0, "vcs": 0.0, "vecs": 0.0, "ccs": 0.1}
-    assert second[300].memory == 23992 * KIB
+    assert second[300].memory == (23992 - 16384) * KIB
+
+
+def test_busy_seconds_are_counters_that_never_go_backwards(tmp_path):
+    t = FdTree(tmp_path / "proc")
+    second = sample(AMD).replace("drm-client-id:\t30", "drm-client-id:\t31")
+    t.proc(100, "game", {3: sample(AMD), 4: second})
+    reader, tracker = FdinfoReader(t.root), UsageTracker()
+    # two clients of one process: their ns, as they are (39.456116802 s each)
+    assert tracker.update(reader.read(0.0), 0.0)[0].busy == {"gfx": 2 * 39.456116802}
+    t.proc(100, "game", {3: bump(sample(AMD), engine_gfx=500_000_000), 4: second})
+    assert tracker.update(reader.read(1.0), 1.0)[0].busy == pytest.approx({"gfx": 2 * 39.456116802 + 0.5})
+    # the second client closes: its share stays counted
+    os.unlink(os.path.join(t.root, "100", "fd", "4"))
+    os.unlink(os.path.join(t.root, "100", "fdinfo", "4"))
+    reader.last_full = None
+    assert tracker.update(reader.read(2.0), 2.0)[0].busy == pytest.approx({"gfx": 2 * 39.456116802 + 0.5})
 
 
 def test_counters_going_backwards_keep_the_larger_value(tmp_path):
@@ -183,7 +222,7 @@ def test_process_collector_matches_clients_to_cards_by_pci_address(box):
     reg.register(gp)
     gp.refresh(0.0)
     blender = {"gpu": "0", "uuid": "0123456789abcdef", "pid": "100", "name": "blender", "user": "alice", "owner": ""}
-    assert reg.get_sample_value("hoofhearted_gpu_process_memory_bytes", blender) == 544428 * KIB
+    assert reg.get_sample_value("hoofhearted_gpu_process_memory_bytes", blender) == (544428 - 13584) * KIB
     assert reg.get_sample_value("hoofhearted_gpu_process_utilization_ratio", dict(blender, engine="gfx")) is None
     t.proc(100, "blender", {3: bump(amd_here, engine_gfx=1_500_000_000)}, uid=1000)
     t.proc(200, "vlc", {5: bump(sample(I915), engine_video=1_000_000_000)}, uid=1001)

@@ -19,7 +19,7 @@ if ROOT not in sys.path:
 from exporter.collectors.gpu import GPUProcessCollector, NvidiaCollector, NvidiaPcieCollector  # noqa: E402
 from exporter.sources import processes  # noqa: E402
 from exporter.sources.nvidia import NvidiaSource  # noqa: E402
-from tests.fakenvml import NO_INSTANCE, NOT_AVAILABLE, Err, scenarios  # noqa: E402
+from tests.fakenvml import NO_INSTANCE, NOT_AVAILABLE, Err, Flaky, scenarios  # noqa: E402
 
 H100_UUID = "GPU-00000000-0000-0000-0000-000000000000"
 H200_UUID = "GPU-00000000-0000-0000-0000-000000000001"
@@ -67,16 +67,22 @@ USED = ["nvmlInit", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlDeviceGet
         "nvmlDeviceGetPerformanceState", "nvmlDeviceGetEncoderUtilization", "nvmlDeviceGetDecoderUtilization",
         "nvmlDeviceGetPcieThroughput", "nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount",
         "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId",
-        "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
-        "nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v2",
-        "nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v2",
-        "nvmlDeviceGetProcessUtilization", "nvmlDeviceGetProcessesUtilizationInfo", "nvmlSystemGetProcessName"]
+        "nvmlDeviceGetProcessUtilization", "nvmlDeviceGetProcessesUtilizationInfo", "nvmlSystemGetProcessName",
+        "nvmlDeviceGetFieldValues", "nvmlDeviceGetPowerManagementDefaultLimit",
+        "nvmlDeviceGetPowerManagementLimitConstraints", "nvmlDeviceGetCurrPcieLinkGeneration",
+        "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth", "nvmlDeviceGetMaxPcieLinkWidth",
+        "nvmlEventSetCreate", "nvmlDeviceGetSupportedEventTypes", "nvmlDeviceRegisterEvents", "nvmlEventSetWait_v2",
+        "nvmlEventSetFree"]
+# wrappers newer than the lowest nvidia-ml-py allowed: the exporter does without them there
+NEWER = {"nvmlDeviceGetProcessesUtilizationInfo"}
 
 
 def test_fake_runs_the_installed_pynvml_code():
     nv = scenarios.datacenter()
     assert inspect.getsourcefile(nv) == inspect.getsourcefile(pynvml)
     for fn in USED:
+        if fn in NEWER and not hasattr(pynvml, fn):
+            continue
         real, fake = getattr(pynvml, fn), getattr(nv, fn)
         assert inspect.signature(fake) == inspect.signature(real), fn
         assert fake.__code__.co_code == real.__code__.co_code, fn
@@ -85,8 +91,10 @@ def test_fake_runs_the_installed_pynvml_code():
     mem = nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2)
     assert [f[0] for f in type(mem)._fields_] == [f[0] for f in pynvml.c_nvmlMemory_v2_t._fields_]
     assert isinstance(mem, ctypes.Structure)
-    sample = nv.nvmlDeviceGetProcessesUtilizationInfo(h, 0)[0]
-    assert [f[0] for f in type(sample)._fields_] == [f[0] for f in pynvml.c_nvmlProcessUtilizationInfo_v1_t._fields_]
+    if hasattr(nv, "nvmlDeviceGetProcessesUtilizationInfo"):
+        sample = nv.nvmlDeviceGetProcessesUtilizationInfo(h, 0)[0]
+        assert [f[0] for f in type(sample)._fields_] == \
+            [f[0] for f in pynvml.c_nvmlProcessUtilizationInfo_v1_t._fields_]
     with pytest.raises(nv.NVMLError) as err:
         nv.nvmlDeviceGetNumFans(h)   # H100: fan.speed [N/A]
     assert type(err.value).__name__ == "NVMLError_NotSupported"
@@ -141,9 +149,12 @@ def test_datacenter_values_in_base_units_equal_the_other_exporters(gpu, uuid, ca
     # [N/A] in the capture: no sample, not a zero
     assert names(reg, "hoofhearted_gpu_fan_speed_ratio") == set()
     assert "nvidia_smi_fan_speed_ratio" not in theirs
-    # the H100/H200 driver reports T.Limit margins only, no absolute thresholds
-    assert names(reg, "hoofhearted_gpu_temperature_slowdown_celsius") == set()
-    assert names(reg, "hoofhearted_gpu_temperature_shutdown_celsius") == set()
+    # Hopper: no absolute thresholds, only T.Limit offsets; T.Limit = temperature + margin
+    # (-q: H100 59 C, T.Limit 26, slowdown -2, shutdown -8; H200 52 C, T.Limit 35, same offsets)
+    limit = {"0": 59 + 26, "1": 52 + 35}[gpu]
+    assert value(reg, "hoofhearted_gpu_temperature_margin_celsius", **labels) == {"0": 26, "1": 35}[gpu]
+    assert value(reg, "hoofhearted_gpu_temperature_slowdown_celsius", **labels) == limit + 2
+    assert value(reg, "hoofhearted_gpu_temperature_shutdown_celsius", **labels) == limit + 8
 
 
 def test_datacenter_exact_values_and_identity():
@@ -162,12 +173,15 @@ def test_datacenter_exact_values_and_identity():
     assert value(reg, "hoofhearted_gpu_devices", vendor="nvidia") == 2
     assert value(reg, "hoofhearted_gpu_memory_used_bytes", **h100) == 19818 * MIB
     assert value(reg, "hoofhearted_gpu_memory_total_bytes", **h100) == 81559 * MIB
-    assert value(reg, "hoofhearted_gpu_power_watts", **h100) == 631.95
+    assert value(reg, "hoofhearted_gpu_power_limit_watts", **h100) == 700
     # mJ counter: 3.6e9 mJ at start, then 631950 mW for 10 s
     assert value(reg, "hoofhearted_gpu_energy_joules_total", **h100) == 3_600_000 + 6319.5
-    # -q: Tx 3092 KB/s, Rx 6346 KB/s
-    assert value(reg, "hoofhearted_gpu_pcie_transmit_bytes_per_second", **h100) == 3092 * 1024
-    assert value(reg, "hoofhearted_gpu_pcie_receive_bytes_per_second", **h100) == 6346 * 1024
+    # -q: Tx 3092 KB/s, Rx 6346 KB/s; the driver's byte counters (from 1 TiB / 2 TiB) for 10 s
+    assert value(reg, "hoofhearted_gpu_pcie_transmit_bytes_total", **h100) == (1 << 40) + 3092 * 1024 * 10
+    assert value(reg, "hoofhearted_gpu_pcie_receive_bytes_total", **h100) == (2 << 40) + 6346 * 1024 * 10
+    # with counters, no 20 ms throughput window is taken
+    assert names(reg, "hoofhearted_gpu_pcie_transmit_bytes_per_second") == set()
+    assert nv._fake.calls.get("nvmlDeviceGetPcieThroughput", 0) == 0
     assert value(reg, "hoofhearted_gpu_clock_hertz", clock="memory", gpu="1", uuid=H200_UUID) == 3.201e9
 
 
@@ -207,8 +221,10 @@ def test_unsupported_fields_are_asked_once_and_logged_once(caplog):
     calls = nv._fake.calls
     assert calls["nvmlDeviceGetNumFans"] == 2                 # once per GPU, at start
     assert calls["nvmlDeviceGetFanSpeed"] == 2                # the single-fan call, once per GPU
-    assert calls["nvmlDeviceGetTemperature"] == 5 + 1        # GPU 0 once, GPU 1 every refresh
-    assert calls["nvmlDeviceGetPowerUsage"] == 5 + 1
+    assert calls["nvmlDeviceGetTemperatureV"] == 1 + 5       # GPU 0 once, GPU 1 every refresh
+    assert calls["nvmlDeviceGetTemperature"] == 1            # GPU 0's fallback, once
+    # Unknown is a one-off, not a capability: GPU 0 retried at 0, 1 and 3 s (backoff 1, 2, 4 s)
+    assert calls["nvmlDeviceGetPowerUsage"] == 3 + 5
     assert value(reg, "hoofhearted_gpu_temperature_celsius", gpu="0", uuid=H100_UUID) is None
     assert value(reg, "hoofhearted_gpu_power_watts", gpu="0", uuid=H100_UUID) is None
     assert value(reg, "hoofhearted_gpu_energy_joules_total", gpu="0", uuid=H100_UUID) is None
@@ -216,6 +232,55 @@ def test_unsupported_fields_are_asked_once_and_logged_once(caplog):
     lines = [r.getMessage() for r in caplog.records]
     for call in ("nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetNumFans"):
         assert sum(f"gpu=0 call={call} " in m for m in lines) == 1, call
+
+
+@pytest.mark.parametrize("code", [999, 2])      # Unknown, InvalidArgument
+def test_a_one_off_error_is_retried_with_backoff_not_remembered(code):
+    nv = scenarios.datacenter(clock=Clock())
+    nv._fake.gpus[0].power_limit_mw = Flaky(code, 2, 700000)
+    nvc = NvidiaCollector(NvidiaSource(nv, max_backoff=60.0))
+    reg = registry(nvc)
+    h100 = {"gpu": "0", "uuid": H100_UUID}
+    nvc.refresh(0.0)                     # fails; next try at 1 s
+    assert value(reg, "hoofhearted_gpu_power_limit_watts", **h100) is None
+    nvc.refresh(0.5)                     # backing off: not asked
+    assert nv._fake.gpus[0].power_limit_mw.calls == 1
+    nvc.refresh(1.0)                     # fails again; next try at 3 s
+    nvc.refresh(2.0)
+    assert value(reg, "hoofhearted_gpu_power_limit_watts", **h100) is None
+    assert nv._fake.gpus[0].power_limit_mw.calls == 2
+    nvc.refresh(3.0)
+    assert value(reg, "hoofhearted_gpu_power_limit_watts", **h100) == 700
+    nvc.refresh(3.1)                     # a success resets the backoff: asked every refresh
+    assert nv._fake.gpus[0].power_limit_mw.calls == 4
+
+
+DATACENTER_PROCS = {0: {11327: 2566 * MIB, 11328: 1542 * MIB, 11345: 15690 * MIB},
+                    1: {10291: 2566 * MIB, 10293: 1542 * MIB, 10309: 28234 * MIB}}
+
+
+@pytest.mark.parametrize("generation", sorted(scenarios.GENERATIONS))
+def test_process_lists_are_read_at_the_drivers_entry_size(generation):
+    """The fake writes packed C entries of the driver's size (16, 24 or 32 bytes): any stride
+    mismatch shifts every entry after the first."""
+    nv = scenarios.generation(generation, clock=Clock())
+    src = NvidiaSource(nv)
+    got = {g.index: {p.pid: p.memory for p in g.processes} for g in src.read_processes(1.0)}
+    assert got == DATACENTER_PROCS
+    instance = {p.gpu_instance for g in src.read_processes(2.0) for p in g.processes}
+    assert instance == {None}
+
+
+def test_the_fake_driver_writes_its_own_entry_size():
+    """nvidia-ml-py's wrapper assumes one entry size: on the early R535 driver it reads garbage."""
+    nv = scenarios.generation("r535_early", clock=Clock())
+    nv.nvmlInit()
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+    procs = nv.nvmlDeviceGetComputeRunningProcesses_v3(h)
+    assert ctypes.sizeof(nv.c_nvmlProcessInfo_t) == 24     # every allowed nvidia-ml-py
+    assert procs[0].pid == 11327
+    assert [p.pid for p in procs] != sorted(DATACENTER_PROCS[0])
+    nv.nvmlShutdown()
 
 
 def test_older_driver_falls_back_to_older_calls():
@@ -271,7 +336,7 @@ def test_lost_gpu_goes_down_alone_and_comes_back(caplog):
         assert value(reg, "hoofhearted_gpu_temperature_celsius", gpu="0", uuid=H100_UUID) == 59
         pcie.refresh(1.5)
         assert value(reg, "hoofhearted_gpu_pcie_receive_bytes_per_second", **h200) is None
-        assert value(reg, "hoofhearted_gpu_pcie_receive_bytes_per_second", gpu="0", uuid=H100_UUID) == 6346 * 1024
+        assert value(reg, "hoofhearted_gpu_pcie_receive_bytes_total", gpu="0", uuid=H100_UUID) == 2 << 40
         # re-initialisation with backoff 1, 2, 4, 8, 8 s while the GPU stays lost
         inits = []
         for t in range(2, 40):
@@ -426,14 +491,18 @@ def test_geforce_without_process_utilisation_gives_memory_only(live_tree, caplog
     assert names(reg, "hoofhearted_gpu_process_group_utilization_ratio") == set()
     mem = {dict(l)["pid"]: dict(l)["name"] for l in names(reg, "hoofhearted_gpu_process_memory_bytes")}
     assert mem == {"1720": "gnome-shell", "4556": "Xwayland", "28511": "ffmpeg", "28512": "ffmpeg"}
-    assert nv._fake.calls["nvmlDeviceGetProcessesUtilizationInfo"] == 1
+    # asked once each (the first has no wrapper in the lowest nvidia-ml-py allowed)
+    assert nv._fake.calls.get("nvmlDeviceGetProcessesUtilizationInfo", 0) == \
+        int(hasattr(nv, "nvmlDeviceGetProcessesUtilizationInfo"))
     assert nv._fake.calls["nvmlDeviceGetProcessUtilization"] == 1
     assert sum("call=nvmlDeviceGetProcessUtilization " in r.getMessage() for r in caplog.records) == 1
 
 
 def test_bulk_reading_of_samples_equals_field_reading():
     from exporter.sources.nvidia import SAMPLE_FIELDS, _rows
-    for cls in (pynvml.c_nvmlProcessUtilizationSample_t, pynvml.c_nvmlProcessUtilizationInfo_v1_t):
+    classes = [getattr(pynvml, n) for n in ("c_nvmlProcessUtilizationSample_t", "c_nvmlProcessUtilizationInfo_v1_t")
+               if hasattr(pynvml, n)]
+    for cls in classes:
         array = (cls * 3)()
         for i, s in enumerate(array):
             s.pid, s.timeStamp, s.smUtil, s.memUtil, s.encUtil, s.decUtil = 100 + i, (1 << 40) + i, i, 2 * i, 3, 101

@@ -182,10 +182,11 @@ def test_gpu_share_ranks_and_speaks():
     host = HOST.replace("hoofhearted_cpu_cores 2", "hoofhearted_cpu_cores 8")
     r = run(procs, {4242: 3.9, 77: 0.01}, host=host, gpu_entries=entries, gpu_text=GPU)
     top = r["culprits"][0]
-    assert top["gpu"] == {"0": 0.95} and top["gpu_memory_bytes"] == 8 * 10**9
+    assert top["gpu"] == {"GPU0": 0.95} and top["gpu_memory_bytes"] == 8 * 10**9
     assert r["sentence"] == ("Fans at 78% (nct6775 fan2, 1840 rpm) because python3 (pid 4242, alice, "
                              "container 3f2a1b2c3d4e) uses 3.90 cores and 95% of GPU0.")
-    assert r["gpus"] == [{"gpu": "0", "uuid": "GPU-1", "name": "NVIDIA H100", "utilization_ratio": 0.97,
+    assert r["gpus"] == [{"gpu": "0", "uuid": "GPU-1", "display": "GPU0", "name": "NVIDIA H100", "vendor": "nvidia",
+                          "utilization_ratio": 0.97, "throttled_for": [],
                           "temperature_celsius": 83.0, "slowdown_celsius": 90.0, "power_watts": 310.0,
                           "memory_used_bytes": None, "memory_total_bytes": None}]
     assert r["temperatures"][0] == {"name": "GPU0", "chip": "GPU0", "sensor": "gpu", "label": "", "celsius": 83.0,
@@ -196,7 +197,8 @@ def test_gpu_share_ranks_and_speaks():
     assert r["sentence"] == ("Fans at 78% (nct6775 fan2, 1840 rpm) because python3 (pid 4242, alice, "
                              "container 3f2a1b2c3d4e) uses 0.02 cores and 95% of GPU0.")
     fams = {f.name: f for f in verdict.families(r)}
-    assert [s.labels for s in fams["hoofhearted_culprit_gpu_utilization_ratio"].samples][0] == {"rank": "1", "gpu": "0"}
+    assert [s.labels for s in fams["hoofhearted_culprit_gpu_utilization_ratio"].samples] == [
+        {"rank": "1", "gpu": "0", "uuid": "GPU-1"}]
 
 
 def test_families_carry_ranks_one_to_three():
@@ -253,3 +255,33 @@ def test_pending_and_failing_process_collector():
     r = verdict.compute(cs, host="box", reason="x", failing={"process"})
     assert r["sentence"] == "Fans at 78% (nct6775 fan2, 1840 rpm) (CPU 57% busy); no per-process data " \
                             "(the process collector is failing)."
+
+
+def test_two_vendors_with_a_gpu_0_are_told_apart():
+    amd = GPU.replace('gpu="0",uuid="GPU-1"', 'gpu="0",uuid="0000:0b:00.0"').replace("NVIDIA H100", "Radeon") \
+        .replace('vendor="nvidia"', 'vendor="amd"')
+    owner = "container/3f2a1b2c3d4e"
+    procs = [proc(4242, "python3", "alice", owner), proc(5, "blender", "bob")]
+    entries = [("0", "GPU-1", 4242, "python3", "alice", owner, None, {"sm": 0.6}),
+               ("0", "0000:0b:00.0", 5, "blender", "bob", "", None, {"gfx": 0.9})]
+    r = run(procs, {4242: 0.1, 5: 0.1}, gpu_entries=entries, gpu_text=GPU + amd)
+    assert sorted(g["display"] for g in r["gpus"]) == ["GPU0 (amd)", "GPU0 (nvidia)"]
+    assert {c["name"]: c["gpu"] for c in r["culprits"][:2]} == {"blender": {"GPU0 (amd)": 0.9},
+                                                               "python3": {"GPU0 (nvidia)": 0.6}}
+    assert r["sentence"].endswith("because blender (pid 5, bob) uses 0.10 cores and 90% of GPU0 (amd).")
+    fams = {f.name: f for f in verdict.families(r)}
+    assert sorted(s.labels["uuid"] for s in fams["hoofhearted_culprit_gpu_utilization_ratio"].samples) == \
+        ["0000:0b:00.0", "GPU-1"]
+
+
+def test_a_throttling_gpu_is_said():
+    owner = "container/3f2a1b2c3d4e"
+    procs = [proc(4242, "python3", "alice", owner)]
+    entries = [("0", "GPU-1", 4242, "python3", "alice", owner, None, {"sm": 0.95})]
+    events = GPU + "".join(
+        f'hoofhearted_gpu_clock_event{{gpu="0",uuid="GPU-1",reason="{r}"}} {v}\n'
+        for r, v in (("gpu_idle", 0), ("sw_power_cap", 1), ("hw_thermal_slowdown", 1), ("sync_boost", 1)))
+    r = run(procs, {4242: 0.1}, gpu_entries=entries, gpu_text=events)
+    assert r["gpus"][0]["throttled_for"] == ["heat", "power"]
+    assert r["sentence"] == ("Fans at 78% (nct6775 fan2, 1840 rpm) because python3 (pid 4242, alice, container "
+                             "3f2a1b2c3d4e) uses 0.10 cores and 95% of GPU0. GPU0 is throttling for heat and power.")

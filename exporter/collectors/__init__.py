@@ -27,6 +27,7 @@ COLLECTORS = {
     "nvidia": Declared("exporter.collectors.gpu:NvidiaCollector", "critical"),
     "nvidia_pcie": Declared("exporter.collectors.gpu:NvidiaPcieCollector", "background"),
     "amdgpu": Declared("exporter.collectors.gpu:AMDGPUCollector", "critical"),
+    "intelgpu": Declared("exporter.collectors.gpu:IntelGPUCollector", "critical"),
     "gpu_process": Declared("exporter.collectors.gpu:GPUProcessCollector", "important"),
 }
 

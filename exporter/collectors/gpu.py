@@ -13,7 +13,7 @@ import threading
 import time
 
 from .. import config as cfgmod
-from ..sources import amdgpu, drm, fdinfo, nvidia, processes
+from ..sources import amdgpu, drm, fdinfo, intelgpu, nvidia, processes
 from .base import Collector, counter, gauge
 
 log = logging.getLogger("hoofhearted.gpu")
@@ -80,8 +80,8 @@ def _opt(family, labels, value):
         family.add_metric(labels, value)
 
 
-def device_families(nv=None, amd=None):
-    """Families for an NvidiaSnapshot and/or a list of AMDGPU (either may be None)."""
+def device_families(nv=None, amd=None, intel=None):
+    """Families for an NvidiaSnapshot, a list of AMDGPU and/or a list of IntelGPU (any may be None)."""
     gl = ["gpu", "uuid"]
     info = gauge("hoofhearted_gpu_info", "A GPU and its identity.",
                  gl + ["name", "vendor", "driver_version", "pci_bus_id"])
@@ -97,7 +97,8 @@ def device_families(nv=None, amd=None):
     shut = gauge("hoofhearted_gpu_temperature_shutdown_celsius", "Temperature at which the GPU shuts down.", gl)
     sensor = gauge("hoofhearted_gpu_sensor_temperature_celsius",
                    "A GPU temperature sensor (AMD: edge, junction, mem).", gl + ["sensor"])
-    fan = gauge("hoofhearted_gpu_fan_speed_ratio", "GPU fan speed as a share of its maximum (0-1).", gl + ["fan"])
+    fan = gauge("hoofhearted_gpu_fan_speed_ratio",
+                "GPU fan speed as a share of its maximum (NVIDIA may report above 1: kept as read).", gl + ["fan"])
     rpm = gauge("hoofhearted_gpu_fan_speed_rpm", "GPU fan speed.", gl + ["fan"])
     power = gauge("hoofhearted_gpu_power_watts", "Power drawn by the GPU.", gl)
     limit = gauge("hoofhearted_gpu_power_limit_watts", "Power limit the GPU enforces.", gl)
@@ -115,6 +116,52 @@ def device_families(nv=None, amd=None):
                      gl + ["gpu_instance"])
     mig_total = gauge("hoofhearted_gpu_mig_memory_total_bytes", "Memory of a MIG GPU instance.",
                       gl + ["gpu_instance"])
+    margin = gauge("hoofhearted_gpu_temperature_margin_celsius",
+                   "Degrees left before the GPU reaches its temperature limit (T.Limit).", gl)
+    sensor_crit = gauge("hoofhearted_gpu_sensor_temperature_critical_celsius",
+                        "Temperature at which a GPU sensor's domain slows down (AMD: edge, junction, mem).",
+                        gl + ["sensor"])
+    default_limit = gauge("hoofhearted_gpu_power_default_limit_watts", "Power limit the GPU boots with.", gl)
+    max_limit = gauge("hoofhearted_gpu_power_max_limit_watts", "Highest power limit the GPU accepts.", gl)
+    soc_power = gauge("hoofhearted_gpu_soc_power_watts",
+                      "Power of a whole APU package (GPU and CPU cores together), as its GPU driver reports it.", gl)
+    pcie_tx = counter("hoofhearted_gpu_pcie_transmit_bytes",
+                      "Bytes the GPU sent over PCIe since its driver loaded.", gl)
+    pcie_rx = counter("hoofhearted_gpu_pcie_receive_bytes",
+                      "Bytes the GPU received over PCIe since its driver loaded.", gl)
+    replays = counter("hoofhearted_gpu_pcie_replays", "PCIe packets the GPU link had to resend (link errors).", gl)
+    link_gen = gauge("hoofhearted_gpu_pcie_link_generation", "PCIe generation the GPU link runs at now.", gl)
+    link_gen_max = gauge("hoofhearted_gpu_pcie_link_max_generation",
+                         "Highest PCIe generation the GPU and its slot support.", gl)
+    link_width = gauge("hoofhearted_gpu_pcie_link_width", "PCIe lanes the GPU link runs with now.", gl)
+    link_width_max = gauge("hoofhearted_gpu_pcie_link_max_width", "PCIe lanes the GPU link can have.", gl)
+    ecc = counter("hoofhearted_gpu_ecc_errors", "GPU memory ECC errors; volatile: since the driver loaded, "
+                  "aggregate: over the GPU's life.", gl + ["error", "counter"])
+    retired = gauge("hoofhearted_gpu_retired_pages", "GPU memory pages retired after ECC errors.", gl + ["cause"])
+    retired_pending = gauge("hoofhearted_gpu_retired_pages_pending",
+                            "1 when GPU memory pages wait to be retired at the next driver reload.", gl)
+    remapped = gauge("hoofhearted_gpu_remapped_rows", "GPU memory rows remapped after errors.", gl + ["cause"])
+    remap_pending = gauge("hoofhearted_gpu_remapped_rows_pending",
+                          "1 when a row remapping waits for a GPU reset.", gl)
+    remap_failed = gauge("hoofhearted_gpu_remapped_rows_failed",
+                         "1 when a row remapping failed: the GPU needs service.", gl)
+    event_time = counter("hoofhearted_gpu_clock_event_seconds",
+                         "Time a reason held the GPU clocks down (power cap, thermal, ...), as counted by the driver.",
+                         gl + ["reason"])
+    xids = counter("hoofhearted_gpu_xid_errors", "Xid errors the GPU driver reported, per Xid code, since the "
+                   "exporter started.", gl + ["xid"])
+    last_xid = gauge("hoofhearted_gpu_last_xid_info", "The last Xid error the GPU reported.", gl + ["xid"])
+    nvlink_errors = counter("hoofhearted_gpu_nvlink_errors", "NVLink errors over all the GPU's links: "
+                            "crc_data, replay, recovery.", gl + ["error"])
+    engine_util = gauge("hoofhearted_gpu_engine_utilization_ratio",
+                        "Share of time a GPU engine was busy, summed over its DRM clients (0-1).", gl + ["engine"])
+    max_clock = gauge("hoofhearted_gpu_clock_max_hertz", "Highest clock the GPU may run at.", gl + ["clock"])
+    health = {"margin": margin, "sensor": sensor, "default_limit": default_limit, "max_limit": max_limit,
+              "pcie_tx": pcie_tx, "pcie_rx": pcie_rx, "replays": replays, "link_gen": link_gen,
+              "link_gen_max": link_gen_max, "link_width": link_width, "link_width_max": link_width_max, "ecc": ecc,
+              "retired": retired, "retired_pending": retired_pending, "remapped": remapped,
+              "remap_pending": remap_pending, "remap_failed": remap_failed, "event_time": event_time, "xids": xids,
+              "last_xid": last_xid, "nvlink_errors": nvlink_errors}
     if nv is not None:
         devices.add_metric(["nvidia"], len(nv.gpus))
         for g in nv.gpus:
@@ -132,9 +179,12 @@ def device_families(nv=None, amd=None):
             _opt(shut, lab, g.shutdown)
             for f, ratio in sorted(g.fans.items()):
                 fan.add_metric(lab + [f], ratio)
+            for f, v in sorted(g.fan_rpm.items()):
+                rpm.add_metric(lab + [f], v)
             _opt(power, lab, g.power)
             _opt(limit, lab, g.power_limit)
             _opt(energy, lab, g.energy)
+            _nvidia_health(g, lab, health)
             for c, hz in g.clocks.items():
                 clock.add_metric(lab + [c], hz)
             for r, v in g.clock_events.items():
@@ -160,6 +210,7 @@ def device_families(nv=None, amd=None):
             info.add_metric(lab + [g.name, "amd", g.driver_version, g.pci_bus_id], 1)
             up.add_metric(lab, 1)
             _opt(util, lab, g.utilization)
+            _opt(mem_util, lab, g.memory_utilization)
             _opt(used, lab, g.memory_used)
             _opt(total, lab, g.memory_total)
             _opt(temp, lab, g.temperature)
@@ -167,16 +218,75 @@ def device_families(nv=None, amd=None):
             _opt(shut, lab, g.shutdown)
             for s, c in sorted(g.temperatures.items()):
                 sensor.add_metric(lab + [s], c)
+            for s, c in sorted(g.critical.items()):
+                sensor_crit.add_metric(lab + [s], c)
             for f, ratio in sorted(g.fans.items()):
                 fan.add_metric(lab + [f], ratio)
             for f, v in sorted(g.fan_rpm.items()):
                 rpm.add_metric(lab + [f], v)
-            _opt(power, lab, g.power)
+            # an APU's power1 is the whole package: not GPU power, and RAPL already counts the CPU part
+            _opt(soc_power if g.apu else power, lab, g.power)
             _opt(limit, lab, g.power_limit)
             for c, hz in g.clocks.items():
                 clock.add_metric(lab + [c], hz)
+    if intel is not None:
+        devices.add_metric(["intel"], len(intel))
+        for g in intel:
+            lab = [str(g.card), g.uuid]
+            info.add_metric(lab + [g.name, "intel", "", g.pci_bus_id], 1)
+            up.add_metric(lab, 1)
+            _opt(util, lab, g.utilization)
+            for e, r in sorted(g.engines.items()):
+                engine_util.add_metric(lab + [e], r)
+            for c, hz in g.clocks.items():
+                clock.add_metric(lab + [c], hz)
+            if g.max_clock is not None:
+                max_clock.add_metric(lab + ["graphics"], g.max_clock)
+            for s_, c in sorted(g.temperatures.items()):
+                sensor.add_metric(lab + [s_], c)
+            for f, v in sorted(g.fan_rpm.items()):
+                rpm.add_metric(lab + [f], v)
+            _opt(power, lab, g.power)
+            _opt(limit, lab, g.power_limit)
+            _opt(energy, lab, g.energy)
     return [info, up, devices, util, mem_util, used, total, temp, slow, shut, sensor, fan, rpm, power, limit,
-            energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total]
+            energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total, margin, sensor_crit,
+            default_limit, max_limit, soc_power, pcie_tx, pcie_rx, replays, link_gen, link_gen_max, link_width,
+            link_width_max, ecc, retired, retired_pending, remapped, remap_pending, remap_failed, event_time, xids,
+            last_xid, engine_util, max_clock, nvlink_errors]
+
+
+def _nvidia_health(g, lab, f):
+    """The health families of one NVIDIA GPU (f: those families by name)."""
+    _opt(f["margin"], lab, g.margin)
+    if g.memory_temperature is not None:
+        f["sensor"].add_metric(lab + ["mem"], g.memory_temperature)
+    _opt(f["default_limit"], lab, g.power_default_limit)
+    _opt(f["max_limit"], lab, g.power_max_limit)
+    _opt(f["pcie_tx"], lab, g.pcie_transmit_bytes)
+    _opt(f["pcie_rx"], lab, g.pcie_receive_bytes)
+    _opt(f["replays"], lab, g.pcie_replays)
+    _opt(f["link_gen"], lab, g.link_generation)
+    _opt(f["link_gen_max"], lab, g.link_max_generation)
+    _opt(f["link_width"], lab, g.link_width)
+    _opt(f["link_width_max"], lab, g.link_max_width)
+    for (error, period), n in sorted(g.ecc.items()):
+        f["ecc"].add_metric(lab + [error, period], n)
+    for cause, n in sorted(g.retired_pages.items()):
+        f["retired"].add_metric(lab + [cause], n)
+    _opt(f["retired_pending"], lab, g.retired_pending)
+    for cause, n in sorted(g.remapped_rows.items()):
+        f["remapped"].add_metric(lab + [cause], n)
+    _opt(f["remap_pending"], lab, g.remap_pending)
+    _opt(f["remap_failed"], lab, g.remap_failed)
+    for reason, sec in sorted(g.clock_event_seconds.items()):
+        f["event_time"].add_metric(lab + [reason], sec)
+    for xid, n in sorted(g.xid_errors.items()):
+        f["xids"].add_metric(lab + [str(xid)], n)
+    if g.last_xid is not None:
+        f["last_xid"].add_metric(lab + [str(g.last_xid)], 1)
+    for error, n in sorted(g.nvlink_errors.items()):
+        f["nvlink_errors"].add_metric(lab + [error], n)
 
 
 def _hot(temperatures, thresholds):
@@ -234,12 +344,18 @@ class NvidiaPcieCollector(Collector):
 
     def update(self, now):
         readings = self.snapshot = self.source.read_pcie(now) if self.source else []
-        rx = gauge("hoofhearted_gpu_pcie_receive_bytes_per_second", "PCIe traffic into the GPU.", ["gpu", "uuid"])
-        tx = gauge("hoofhearted_gpu_pcie_transmit_bytes_per_second", "PCIe traffic out of the GPU.", ["gpu", "uuid"])
+        gl = ["gpu", "uuid"]
+        rx = gauge("hoofhearted_gpu_pcie_receive_bytes_per_second", "PCIe traffic into the GPU.", gl)
+        tx = gauge("hoofhearted_gpu_pcie_transmit_bytes_per_second", "PCIe traffic out of the GPU.", gl)
+        links = gauge("hoofhearted_gpu_nvlink_links", "NVLink links the GPU has.", gl)
+        active = gauge("hoofhearted_gpu_nvlink_links_active", "NVLink links that are up.", gl)
         for r in readings:
-            _opt(rx, [str(r.index), r.uuid], r.receive)
-            _opt(tx, [str(r.index), r.uuid], r.transmit)
-        return [rx, tx]
+            lab = [str(r.index), r.uuid]
+            _opt(rx, lab, r.receive)
+            _opt(tx, lab, r.transmit)
+            _opt(links, lab, r.nvlinks)
+            _opt(active, lab, r.nvlinks_active)
+        return [rx, tx, links, active]
 
     def close(self):
         release_source(self.source)
@@ -268,6 +384,32 @@ class AMDGPUCollector(Collector):
         return _hot((g.temperature for g in self.snapshot), thresholds)
 
 
+class IntelGPUCollector(Collector):
+    """Intel GPUs (i915, xe) as devices: sysfs frequency and hwmon, engines busy from fdinfo."""
+
+    name = "intelgpu"
+
+    def __init__(self, source, procfs="/proc", fdinfo_reader=None):
+        super().__init__()
+        self.source = source
+        self.fdinfo = fdinfo_reader or fdinfo.FdinfoReader(procfs)
+        self.tracker = fdinfo.UsageTracker()
+
+    @classmethod
+    def create(cls, config):
+        return cls(intelgpu.IntelGPUSource(config["paths"]["sysfs"]), config["paths"]["procfs"])
+
+    def update(self, now):
+        cards = self.source.cards()
+        usage = []
+        if cards:                   # no Intel GPU: no fd scan
+            keys = {c.key for c in cards}
+            clients = [c for c in self.fdinfo.read(now) if c.device in keys]
+            usage = self.tracker.update(clients, now)
+        gpus = self.snapshot = self.source.read(now, usage) if cards else []
+        return device_families(None, None, gpus)
+
+
 class GPUProcessCollector(Collector):
     """Which processes use each GPU: memory and per-engine utilisation, top N per GPU.
 
@@ -290,6 +432,8 @@ class GPUProcessCollector(Collector):
         self.fdinfo = fdinfo_reader or fdinfo.FdinfoReader(procfs)
         self.tracker = fdinfo.UsageTracker()
         self.nvml_names = {}        # pid -> name from NVML, for pids /proc does not show
+        self.proc_busy = {}         # (gpu, uuid, pid) -> {engine: s} at the last refresh
+        self.group_busy = {}        # (gpu, uuid, group) -> {engine: s}: group counters
 
     @classmethod
     def create(cls, config):
@@ -303,7 +447,8 @@ class GPUProcessCollector(Collector):
         return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
                    processes.shared(paths["procfs"], paths["rootfs"]))
 
-    # Each entry: (gpu label, uuid, pid, name, user, owner, memory or None, {engine: ratio} or None)
+    # Each entry: (gpu label, uuid, pid, name, user, owner, memory or None, {engine: ratio} or None,
+    #              {engine: busy s counter} or None)
 
     def _identity(self, table, pid, from_nvml):
         proc = table.procs.get(pid)
@@ -331,7 +476,7 @@ class GPUProcessCollector(Collector):
                 if ident is None:
                     continue
                 live.add(p.pid)
-                out.append((str(gpu.index), gpu.uuid, p.pid) + ident + (p.memory, p.utilization))
+                out.append((str(gpu.index), gpu.uuid, p.pid) + ident + (p.memory, p.utilization, p.engine_seconds))
         self.nvml_names = {k: v for k, v in self.nvml_names.items() if k in live}
         return out
 
@@ -341,15 +486,16 @@ class GPUProcessCollector(Collector):
             return []
         by_key = {c.key: c for c in cards}
         clients = self.fdinfo.read(now, table.pids)
+        apus = {c.key for c in cards if c.apu}
         out = []
-        for u in self.tracker.update(clients, now):
+        for u in self.tracker.update(clients, now, apus):
             card = by_key.get(u.device)
             if card is None:
                 continue             # a device without a card in sysfs: not a GPU we list
             ident = self._identity(table, u.pid, False)
             if ident is None:
                 continue
-            out.append((str(card.index), card.uuid, u.pid) + ident + (u.memory, u.engines))
+            out.append((str(card.index), card.uuid, u.pid) + ident + (u.memory, u.engines, u.busy))
         return out
 
     def update(self, now):
@@ -374,6 +520,13 @@ class GPUProcessCollector(Collector):
         gutil = gauge("hoofhearted_gpu_process_group_utilization_ratio",
                       "Share of time a GPU engine worked for the processes of one name (0-1).",
                       gl + ["group", "engine"])
+        busy = counter("hoofhearted_gpu_process_engine_seconds",
+                       "Time a GPU engine worked for a top process (NVIDIA: integrated from the driver's "
+                       "samples).", pl + ["engine"])
+        gbusy = counter("hoofhearted_gpu_process_group_engine_seconds",
+                        "Time a GPU engine worked for the processes of one name, counted from the refresh "
+                        "each process was first seen.", gl + ["group", "engine"])
+        self._count_groups(entries)
         by_gpu = {}
         for e in entries:
             by_gpu.setdefault((e[0], e[1]), []).append(e)
@@ -384,12 +537,43 @@ class GPUProcessCollector(Collector):
                 _opt(mem, lab, e[6])
                 for engine, ratio in sorted((e[7] or {}).items()):
                     util.add_metric(lab + [engine], ratio)
+                for engine, sec in sorted((e[8] or {}).items()):
+                    busy.add_metric(lab + [engine], sec)
             for group, (m, engines) in _groups(items, self.max_groups):
                 if m is not None:
                     gmem.add_metric([gpu, uuid, group], m)
                 for engine, ratio in sorted(engines.items()):
                     gutil.add_metric([gpu, uuid, group, engine], ratio)
-        return [mem, util, count, gmem, gutil]
+        for (gpu, uuid, group), engines in sorted(self.group_busy.items()):
+            for engine, sec in sorted(engines.items()):
+                gbusy.add_metric([gpu, uuid, group, engine], sec)
+        return [mem, util, count, gmem, gutil, busy, gbusy]
+
+    def _count_groups(self, entries):
+        """Add each process's busy time since the last refresh to its group's counter (or to
+        'other' while the group is not among the shown ones). A process counts from the refresh
+        it is first seen; a group's counter goes when its last process has gone."""
+        shown, live, now_busy = {}, set(), {}
+        by_gpu = {}
+        for e in entries:
+            by_gpu.setdefault((e[0], e[1]), []).append(e)
+        for (gpu, uuid), items in by_gpu.items():
+            shown[(gpu, uuid)] = {name for name, _ in _groups(items, self.max_groups)}
+        for e in entries:
+            if e[8] is None:
+                continue
+            key = (e[0], e[1], e[2])
+            now_busy[key] = e[8]
+            group = e[3] if e[3] in shown[(e[0], e[1])] else OTHER
+            gkey = (e[0], e[1], group)
+            live.add(gkey)
+            acc = self.group_busy.setdefault(gkey, {})
+            before = self.proc_busy.get(key)
+            for engine, sec in e[8].items():
+                grown = 0.0 if before is None else max(0.0, sec - before.get(engine, 0.0))
+                acc[engine] = acc.get(engine, 0.0) + grown
+        self.proc_busy = now_busy
+        self.group_busy = {k: v for k, v in self.group_busy.items() if k in live}
 
     def close(self):
         release_source(self.source)

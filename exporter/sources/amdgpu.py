@@ -31,10 +31,13 @@ class AMDGPU:
     driver_version: str = ""
     suspended: bool = False
     utilization: float = None          # ratio
+    memory_utilization: float = None   # ratio (mem_busy_percent)
+    apu: bool = False                  # integrated: power1 is the whole package's
     memory_used: int = None            # bytes
     memory_total: int = None
     temperature: float = None          # °C: edge, else junction
     temperatures: dict = field(default_factory=dict)   # 'edge'/'junction'/'mem' -> °C
+    critical: dict = field(default_factory=dict)       # 'edge'/'junction'/'mem' -> crit °C
     slowdown: float = None             # crit of that sensor
     shutdown: float = None             # emergency of that sensor
     fans: dict = field(default_factory=dict)           # "0" -> ratio
@@ -54,6 +57,10 @@ def _int(path):
         return None
 
 
+def _suspended(device):
+    return (read_text(os.path.join(device, "power", "runtime_status")) or "").strip() == "suspended"
+
+
 def _hwmon(device):
     found = sorted(glob.glob(os.path.join(device, "hwmon", "hwmon*")))
     return found[0] if found else None
@@ -70,6 +77,7 @@ def _read_hwmon(gpu, hw):
         temps[label] = (value / 1000, _int(os.path.join(hw, f"temp{n}_crit")),
                         _int(os.path.join(hw, f"temp{n}_emergency")))
     gpu.temperatures = {k: v[0] for k, v in temps.items()}
+    gpu.critical = {k: v[1] / 1000 for k, v in temps.items() if v[1]}
     main = temps.get("edge") or temps.get("junction") or next(iter(temps.values()), None)
     if main is not None:
         gpu.temperature = main[0]
@@ -84,7 +92,9 @@ def _read_hwmon(gpu, hw):
         n = os.path.basename(path)[3:]
         value = _int(path)
         top = _int(os.path.join(hw, f"pwm{n}_max")) or 255
-        if value is not None and (read_text(os.path.join(hw, f"pwm{n}_enable")) or "1").strip() != "0":
+        if (read_text(os.path.join(hw, f"pwm{n}_enable")) or "1").strip() == "0":
+            gpu.fans[str(int(n) - 1)] = 1.0      # hwmon ABI: 0 = no fan speed control, full speed
+        elif value is not None:
             gpu.fans[str(int(n) - 1)] = min(1.0, value / top)
     for fan, rpm in gpu.fan_rpm.items():
         if fan not in gpu.fans:
@@ -124,23 +134,30 @@ class AMDGPUSource:
                 amdgpuinfo = False
         self.amdgpuinfo = amdgpuinfo or None
         self._infos = None          # pci slot -> GPUInfo
+        self._asleep = False        # a card is runtime-suspended now
         self.unsupported = set()    # (pci slot, query)
         self.driver_version = (read_text(os.path.join(sysfs, "module", "amdgpu", "version")) or "").strip()
 
     def read(self):
-        return [self._read_card(c) for c in list_cards(self.sysfs) if c.driver == "amdgpu"]
+        cards = [c for c in list_cards(self.sysfs) if c.driver == "amdgpu"]
+        # pyamdgpuinfo opens every card when it looks for them: not while one of them sleeps
+        self._asleep = any(_suspended(c.device) for c in cards)
+        return [self._read_card(c) for c in cards]
 
     def _read_card(self, card):
         d = card.device
         uuid = card.uuid
         name = (read_text(os.path.join(d, "product_name")) or "").strip()
         gpu = AMDGPU(card.index, uuid, name, card.pci_slot, self.driver_version)
-        if (read_text(os.path.join(d, "power", "runtime_status")) or "").strip() == "suspended":
+        if _suspended(d):
             gpu.suspended = True
             gpu.utilization = 0.0
             return gpu
         busy = _int(os.path.join(d, "gpu_busy_percent"))
         gpu.utilization = None if busy is None else busy / 100
+        busy = _int(os.path.join(d, "mem_busy_percent"))
+        gpu.memory_utilization = None if busy is None else busy / 100
+        gpu.apu = card.apu
         gpu.memory_used = _int(os.path.join(d, "mem_info_vram_used"))
         gpu.memory_total = _int(os.path.join(d, "mem_info_vram_total"))
         hw = _hwmon(d)
@@ -168,6 +185,8 @@ class AMDGPUSource:
         if self.amdgpuinfo is None or not card.pci_slot:
             return None
         if self._infos is None:
+            if self._asleep:
+                return None
             self._infos = {}
             try:
                 for i in range(self.amdgpuinfo.detect_gpus()):

@@ -38,9 +38,27 @@ class Card:
         return self.pci_slot or self.driver
 
     @property
+    def apu(self):
+        """An AMD APU: its VRAM is a carve-out of system memory. amdgpu shows no VRAM vendor for
+        one (there are no VRAM chips), and its GTT (system memory) is larger than that VRAM."""
+        if self.driver != "amdgpu":
+            return False
+        if os.path.exists(os.path.join(self.device, "mem_info_vram_vendor")):
+            return False
+        vram, gtt = (_int(os.path.join(self.device, f"mem_info_{k}_total")) for k in ("vram", "gtt"))
+        return vram is not None and gtt is not None and gtt > vram
+
+    @property
     def uuid(self):
         """The card's unique_id (amdgpu), else its PCI slot."""
         return (read_text(os.path.join(self.device, "unique_id")) or "").strip() or self.key
+
+
+def _int(path):
+    try:
+        return int((read_text(path) or "").strip())
+    except ValueError:
+        return None
 
 
 def _uevent(device):

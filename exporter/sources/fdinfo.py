@@ -10,9 +10,12 @@ Documentation/gpu/drm-usage-stats.rst:
   between two reads, divided by ``drm-engine-capacity-<e>`` (engines grouped under one name);
   drivers that count cycles instead (xe) give ``drm-cycles-<e>`` over ``drm-total-cycles-<e>``;
   a counter that goes backwards keeps its previous value, as the spec asks;
-- memory per region is ``drm-total-<region>``, else the older ``drm-memory-<region>`` (an alias,
-  never added to it), with units KiB/MiB. GPU memory is the device-local regions (vram*,
-  local*); a GPU without any (integrated: system memory only) counts all its regions.
+- memory per region is what is resident there, ``drm-resident-<region>`` (``drm-memory-<region>``
+  is its deprecated alias, never added to it), else ``drm-total-<region>``, with units KiB/MiB;
+  buffers a client shares (``drm-shared-<region>``, counted by every importer) are left out, so
+  a shared buffer is never counted once per importer. GPU memory is the device-local regions
+  (vram*, local*); a GPU without any (integrated: system memory only) counts all its regions,
+  and an AMD APU counts GTT beside its small VRAM carve-out.
 
 Reading other users' fd directories needs root (or CAP_SYS_PTRACE); without it only the
 exporter's own user's processes are seen.
@@ -38,7 +41,7 @@ class DrmClient:
     capacity: dict = field(default_factory=dict)       # name -> engines in the group
     cycles: dict = field(default_factory=dict)         # name -> busy cycles
     total_cycles: dict = field(default_factory=dict)   # name -> elapsed cycles
-    memory: dict = field(default_factory=dict)         # region -> bytes
+    memory: dict = field(default_factory=dict)         # region -> bytes (resident, not shared)
 
     @property
     def device(self):
@@ -48,10 +51,13 @@ class DrmClient:
     def key(self):
         return (self.device, self.client_id)
 
-    def gpu_memory(self):
-        """Bytes of GPU memory, or None when the driver reports no memory at all."""
+    def gpu_memory(self, apu=False):
+        """Bytes of GPU memory, or None when the driver reports no memory at all. ``apu``: the
+        GPU's memory is system memory mapped through GTT, its VRAM only a carve-out."""
         if not self.memory:
             return None
+        if apu:
+            return sum(v for r, v in self.memory.items() if r.startswith(LOCAL_REGIONS + ("gtt",)))
         local = [v for r, v in self.memory.items() if r.startswith(LOCAL_REGIONS)]
         return sum(local) if local else sum(self.memory.values())
 
@@ -80,7 +86,7 @@ def parse(text, pid=0):
     if not driver:
         return None
     c = DrmClient(pid, driver, keys.get("drm-pdev", "").lower(), keys.get("drm-client-id", ""))
-    legacy = {}
+    legacy, resident, shared = {}, {}, {}
     for k, v in keys.items():
         if k.startswith("drm-engine-capacity-"):
             n = _number(v)
@@ -106,8 +112,20 @@ def parse(text, pid=0):
             n = _number(v)
             if n is not None:
                 legacy[k[11:]] = n
+        elif k.startswith("drm-resident-"):
+            n = _number(v)
+            if n is not None:
+                resident[k[13:]] = n
+        elif k.startswith("drm-shared-"):
+            n = _number(v)
+            if n is not None:
+                shared[k[11:]] = n
     for region, n in legacy.items():
-        c.memory.setdefault(region, n)      # drm-memory-X is an older name, not extra memory
+        resident.setdefault(region, n)      # drm-memory-X is the old name of drm-resident-X
+    for region, n in resident.items():
+        c.memory[region] = n                # resident wins over total (allocated, maybe swapped)
+    for region, n in c.memory.items():
+        c.memory[region] = max(0, n - shared.get(region, 0))
     return c
 
 
@@ -191,32 +209,41 @@ class ProcessUsage:
     driver: str
     memory: int = None          # bytes
     engines: dict = None        # engine -> ratio 0-1; None until two reads are seen
+    busy: dict = None           # engine -> s busy (drm-engine-* ns), never going backwards
 
 
 class UsageTracker:
-    """Turns clients' counters into utilisation between two reads, per (device, pid)."""
+    """Turns clients' counters into utilisation between two reads, per (device, pid), and keeps
+    each process's busy time as a counter that only grows (a closed client keeps its share)."""
 
     def __init__(self):
         self.prev = {}             # client key -> (now, engines, cycles, total_cycles)
+        self.busy = {}             # (device, pid) -> {engine: s}
 
-    def update(self, clients, now):
+    def update(self, clients, now, apus=()):
+        """``apus``: devices (pdev) that are AMD APUs, whose memory is counted with GTT."""
         out = {}
         seen = {}
         for c in clients:
             before = self.prev.get(c.key)
             engines = dict(c.engines)
             rates = None
+            grown = engines                     # ns added since the last read (all of it: new client)
             if before is not None:
                 t0, e0, cy0, tot0 = before
                 for name, v in e0.items():
                     if engines.get(name, v) < v:
                         engines[name] = v       # went backwards: keep the larger value
                 rates = _rates(now - t0, e0, engines, cy0, c.cycles, tot0, c.total_cycles, c.capacity)
+                grown = {name: v - e0.get(name, 0) for name, v in engines.items()}
             seen[c.key] = (now, engines, dict(c.cycles), dict(c.total_cycles))
             u = out.get((c.device, c.pid))
             if u is None:
                 u = out[(c.device, c.pid)] = ProcessUsage(c.pid, c.device, c.driver)
-            mem = c.gpu_memory()
+                u.busy = self.busy.setdefault((c.device, c.pid), {})
+            for name, ns in grown.items():
+                u.busy[name] = u.busy.get(name, 0.0) + ns / 1e9
+            mem = c.gpu_memory(c.device in apus)
             if mem is not None:
                 u.memory = (u.memory or 0) + mem
             if rates is not None:
@@ -224,6 +251,9 @@ class UsageTracker:
                 for name, r in rates.items():
                     u.engines[name] = min(1.0, u.engines.get(name, 0.0) + r)
         self.prev = seen
+        self.busy = {k: v for k, v in self.busy.items() if k in out}
+        for u in out.values():
+            u.busy = dict(u.busy) if u.busy else None
         return list(out.values())
 
 

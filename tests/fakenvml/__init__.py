@@ -8,11 +8,17 @@ the pynvml module, so scenarios do not share the library handle or pynvml's func
 A scenario is a list of FakeGPU built from a real nvidia-smi capture (tests/fakenvml/capture.py
 and scenarios.py). Only the C symbols the captured driver exported are offered: a symbol missing
 from the capture's list is NVMLError_FunctionNotFound, exactly as on that machine.
+
+Process lists are written as the driver writes them: packed C entries of the size that
+driver generation uses (16, 24 or 32 bytes), into whatever buffer the caller passed, so a
+caller that assumes another entry size reads garbage, as it would on a real machine.
 """
+import collections
 import ctypes
 import importlib.util
 import itertools
 import os
+import struct
 import sys
 import threading
 import time
@@ -38,7 +44,15 @@ NO_INSTANCE = 0xFFFFFFFF               # gpuInstanceId/computeInstanceId outside
 
 # C return codes (nvml.h)
 SUCCESS, UNINITIALIZED, INVALID_ARGUMENT, NOT_SUPPORTED, NO_PERMISSION = 0, 1, 2, 3, 4
-NOT_FOUND, INSUFFICIENT_SIZE, GPU_IS_LOST, ARGUMENT_VERSION_MISMATCH, UNKNOWN = 6, 7, 15, 25, 999
+NOT_FOUND, INSUFFICIENT_SIZE, TIMEOUT, GPU_IS_LOST, ARGUMENT_VERSION_MISMATCH, UNKNOWN = 6, 7, 10, 15, 25, 999
+
+# nvml.h's process entries: pid, usedGpuMemory (v1); + gpuInstanceId, computeInstanceId (v2);
+# + usedGpuCcProtectedMemory (the early R535 _v3)
+PROCESS_ENTRY = {16: struct.Struct("=I4xQ"), 24: struct.Struct("=I4xQII"), 32: struct.Struct("=I4xQIIQ")}
+XID_EVENT = 0x8
+# field id -> nvmlValueType_t of its value
+FIELD_TYPES = {193: 5, 194: 5, 195: 5, 196: 5, 82: 1, 94: 1}     # TLIMIT offsets are signed
+VALUE_ATTR = {1: "uiVal", 3: "ullVal", 5: "siVal"}
 
 
 class Err:
@@ -49,6 +63,18 @@ class Err:
 
     def __repr__(self):
         return f"Err({self.code})"
+
+
+class Flaky:
+    """A value the driver fails to give ``times`` times with ``code`` (a one-off error), then gives."""
+
+    def __init__(self, code, times, value):
+        self.code, self.times, self.value = code, times, value
+        self.calls = 0
+
+    def get(self):
+        self.calls += 1
+        return Err(self.code) if self.calls <= self.times else self.value
 
 
 def _val(x):
@@ -101,6 +127,18 @@ class FakeGPU:
         self.samples = []
         self.process_utilization = SUCCESS     # or an error code for both utilisation calls
         self.extra_samples = []                # (ts µs, pid, sm, mem, enc, dec): injected driver output
+        self.fan_v2 = SUCCESS                  # or the code nvmlDeviceGetFanSpeed_v2 answers
+        self.fan_rpm = Err(NOT_SUPPORTED)      # list of rpm or Err
+        self.temperature_v = SUCCESS           # or the code nvmlDeviceGetTemperatureV answers
+        self.margin = Err(NOT_SUPPORTED)       # °C to the T.Limit
+        self.fields = {}                       # NVML_FI_* -> value or Err; absent: NOT_SUPPORTED
+        self.pcie_bytes = None                 # (tx, rx) bytes at start; grow with the pcie throughput
+        self.power_default_mw = Err(NOT_SUPPORTED)
+        self.power_max_mw = Err(NOT_SUPPORTED)
+        self.link = Err(NOT_SUPPORTED)         # (current gen, max gen, current width, max width)
+        self.events = XID_EVENT                # event types the GPU supports
+        self.xids = collections.deque()        # Xid codes queued for the event set
+        self.nvlinks = []                      # per link: True when up
         self.lost = False
         for k, v in kw.items():
             if not hasattr(self, k):
@@ -135,6 +173,7 @@ class FakeLibrary:
         self.sample_period = 0.2
         self._handles = {}                      # struct address -> (gpu, mig or None)
         self._structs = []
+        self._event_sets = []
         for g in gpus:
             self._add_handle(g, None)
             for m in g.migs:
@@ -218,6 +257,8 @@ class FakeLibrary:
         if mig is not None and not mig_ok:
             return None, NOT_SUPPORTED
         value = get(gpu) if mig is None else get(mig)
+        if isinstance(value, Flaky):
+            value = value.get()
         if isinstance(value, Err):
             return None, value.code
         if value is None:
@@ -341,6 +382,54 @@ class FakeLibrary:
             return INVALID_ARGUMENT
         return self._scalar(handle, ref, lambda g: g.temperature)
 
+    def nvmlDeviceGetTemperatureV(self, handle, ref):
+        t = _out(ref)
+        if t.version != 12 | (1 << 24):
+            return ARGUMENT_VERSION_MISMATCH
+        if t.sensorType != self.nvml.NVML_TEMPERATURE_GPU:
+            return INVALID_ARGUMENT
+        value, rc = self._value(handle, lambda g: Err(g.temperature_v) if g.temperature_v else g.temperature)
+        if rc == SUCCESS:
+            t.temperature = value
+        return rc
+
+    def nvmlDeviceGetMarginTemperature(self, handle, ref):
+        m = _out(ref)
+        if m.version != 8 | (1 << 24):
+            return ARGUMENT_VERSION_MISMATCH
+        value, rc = self._value(handle, lambda g: g.margin)
+        if rc == SUCCESS:
+            m.marginTemperature = value
+        return rc
+
+    def nvmlDeviceGetFieldValues(self, handle, count, ref):
+        gpu, mig, rc = self._device(handle)
+        if rc:
+            return rc
+        values = _out(ref) if hasattr(ref, "_obj") else ref
+        for i in range(_val(count)):
+            v = values[i]
+            value = gpu.fields.get(v.fieldId, Err(NOT_SUPPORTED))
+            if gpu.pcie_bytes is not None and v.fieldId in (197, 198):
+                value = self._pcie_bytes(gpu, v.fieldId - 197)
+            if isinstance(value, Flaky):
+                value = value.get()
+            if isinstance(value, Err):
+                v.nvmlReturn = value.code
+                continue
+            v.nvmlReturn = SUCCESS
+            v.valueType = FIELD_TYPES.get(v.fieldId, 3)
+            v.timestamp = int(self.clock() * 1e6)
+            setattr(v.value, VALUE_ATTR[v.valueType], value)
+        return SUCCESS
+
+    def _pcie_bytes(self, gpu, which):
+        """Not in the captures: the counter integrates the captured throughput (KB/s) over time."""
+        rate = gpu.pcie.get(which)
+        if isinstance(rate, Err) or rate is None:
+            return Err(NOT_SUPPORTED)
+        return int(gpu.pcie_bytes[which] + rate * 1024 * (self.clock() - self.start))
+
     def nvmlDeviceGetTemperatureThreshold(self, handle, which, ref):
         return self._scalar(handle, ref, lambda g: g.thresholds.get(_val(which), Err(NOT_SUPPORTED)))
 
@@ -354,9 +443,113 @@ class FakeLibrary:
         def get(g):
             if isinstance(g.fans, Err):
                 return g.fans
+            if g.fan_v2:
+                return Err(g.fan_v2)
             i = _val(fan)
             return g.fans[i] if 0 <= i < len(g.fans) else Err(INVALID_ARGUMENT)
         return self._scalar(handle, ref, get)
+
+    def nvmlDeviceGetFanSpeedRPM(self, handle, ref):
+        info = _out(ref)
+        if info.version != 12 | (1 << 24):
+            return ARGUMENT_VERSION_MISMATCH
+
+        def get(g):
+            if isinstance(g.fan_rpm, Err):
+                return g.fan_rpm
+            return g.fan_rpm[info.fan] if info.fan < len(g.fan_rpm) else Err(INVALID_ARGUMENT)
+        value, rc = self._value(handle, get)
+        if rc == SUCCESS:
+            info.speed = value
+        return rc
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle, ref):
+        return self._scalar(handle, ref, lambda g: g.power_default_mw)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle, low, high):
+        value, rc = self._value(handle, lambda g: g.power_max_mw)
+        if rc == SUCCESS:
+            _out(low).value, _out(high).value = value // 4, value
+        return rc
+
+    def _link(self, handle, ref, i):
+        return self._scalar(handle, ref, lambda g: g.link if isinstance(g.link, Err) else g.link[i])
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle, ref):
+        return self._link(handle, ref, 0)
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle, ref):
+        return self._link(handle, ref, 1)
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle, ref):
+        return self._link(handle, ref, 2)
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle, ref):
+        return self._link(handle, ref, 3)
+
+    def nvmlDeviceGetNvLinkState(self, handle, link, ref):
+        def get(g):
+            i = _val(link)
+            if not g.nvlinks:
+                return Err(NOT_SUPPORTED)
+            return int(g.nvlinks[i]) if 0 <= i < len(g.nvlinks) else Err(INVALID_ARGUMENT)
+        return self._scalar(handle, ref, get)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def nvmlEventSetCreate(self, ref):
+        if not self.initialized:
+            return UNINITIALIZED
+        es = self.nvml.struct_c_nvmlEventSet_t()
+        self._event_sets.append((es, []))
+        _out(ref).contents = es
+        return SUCCESS
+
+    def _event_set(self, ptr):
+        try:
+            addr = ctypes.addressof(ptr.contents)
+        except (ValueError, AttributeError, TypeError):
+            return None
+        return next((gpus for es, gpus in self._event_sets if ctypes.addressof(es) == addr), None)
+
+    def nvmlDeviceGetSupportedEventTypes(self, handle, ref):
+        return self._scalar(handle, ref, lambda g: g.events)
+
+    def nvmlDeviceRegisterEvents(self, handle, types, event_set):
+        gpu, mig, rc = self._device(handle)
+        if rc:
+            return rc
+        watched = self._event_set(event_set)
+        if watched is None:
+            return INVALID_ARGUMENT
+        if _val(types) & ~gpu.events:
+            return NOT_SUPPORTED
+        watched.append(gpu)
+        return SUCCESS
+
+    def nvmlEventSetWait_v2(self, event_set, ref, timeout):
+        watched = self._event_set(event_set)
+        if watched is None:
+            return INVALID_ARGUMENT
+        for gpu in watched:
+            if gpu.xids:
+                data = _out(ref)
+                data.device = ctypes.pointer(gpu._struct)
+                data.eventType = XID_EVENT
+                data.eventData = gpu.xids.popleft()
+                data.gpuInstanceId = data.computeInstanceId = NO_INSTANCE
+                return SUCCESS
+        return TIMEOUT
+
+    def nvmlEventSetFree(self, event_set):
+        for i, (es, _) in enumerate(self._event_sets):
+            try:
+                if ctypes.addressof(es) == ctypes.addressof(event_set.contents):
+                    del self._event_sets[i]
+                    return SUCCESS
+            except (ValueError, AttributeError, TypeError):
+                break
+        return INVALID_ARGUMENT
 
     def nvmlDeviceGetPowerUsage(self, handle, ref):
         return self._scalar(handle, ref, lambda g: g.power_mw)
@@ -451,7 +644,7 @@ class FakeLibrary:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def _process_list(self, handle, count_ref, array, kind):
+    def _process_list(self, handle, count_ref, array, kind, size):
         gpu, mig, rc = self._device(handle)
         if rc:
             return rc
@@ -464,31 +657,52 @@ class FakeLibrary:
         if array is None or count.value < len(procs):
             count.value = len(procs)
             return INSUFFICIENT_SIZE if procs else SUCCESS
-        for i, p in enumerate(procs):
-            array[i].pid = p["pid"]
-            array[i].usedGpuMemory = p["used"]
-            array[i].gpuInstanceId = p["gi"]
-            array[i].computeInstanceId = p["ci"]
+        entry = PROCESS_ENTRY[size]
+        n = {16: 2, 24: 4, 32: 5}[size]
+        data = b"".join(entry.pack(*(p["pid"], p["used"], p["gi"], p["ci"], 0)[:n]) for p in procs)
+        # the driver writes its own entry size into the caller's buffer (never past its end here)
+        ctypes.memmove(ctypes.addressof(array), data, min(len(data), ctypes.sizeof(array)))
         count.value = len(procs)
         return SUCCESS
 
+    def _v3_entry(self):
+        """Entry size of the _v3 lists: 32 bytes on the early R535 drivers, else 24."""
+        early = ("nvmlDeviceGetConfComputeMemSizeInfo" in self.exported
+                 and "nvmlDeviceGetRunningProcessDetailList" not in self.exported)
+        return 32 if early else 24
+
+    def nvmlDeviceGetConfComputeMemSizeInfo(self, handle, ref):
+        return self._value(handle, lambda g: Err(NOT_SUPPORTED))[1]
+
+    def nvmlDeviceGetRunningProcessDetailList(self, handle, ref):
+        return self._value(handle, lambda g: Err(NOT_SUPPORTED))[1]
+
     def nvmlDeviceGetComputeRunningProcesses_v3(self, handle, count, array):
-        return self._process_list(handle, count, array, "C")
+        return self._process_list(handle, count, array, "C", self._v3_entry())
 
     def nvmlDeviceGetComputeRunningProcesses_v2(self, handle, count, array):
-        return self._process_list(handle, count, array, "C")
+        return self._process_list(handle, count, array, "C", 24)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle, count, array):
+        return self._process_list(handle, count, array, "C", 16)
 
     def nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle, count, array):
-        return self._process_list(handle, count, array, "G")
+        return self._process_list(handle, count, array, "G", self._v3_entry())
 
     def nvmlDeviceGetGraphicsRunningProcesses_v2(self, handle, count, array):
-        return self._process_list(handle, count, array, "G")
+        return self._process_list(handle, count, array, "G", 24)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle, count, array):
+        return self._process_list(handle, count, array, "G", 16)
 
     def nvmlDeviceGetMPSComputeRunningProcesses_v3(self, handle, count, array):
-        return self._process_list(handle, count, array, "M")
+        return self._process_list(handle, count, array, "M", self._v3_entry())
 
     def nvmlDeviceGetMPSComputeRunningProcesses_v2(self, handle, count, array):
-        return self._process_list(handle, count, array, "M")
+        return self._process_list(handle, count, array, "M", 24)
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle, count, array):
+        return self._process_list(handle, count, array, "M", 16)
 
     def buffered_samples(self, gpu, since_us):
         """[(timestamp µs, pid, sm, mem, enc, dec)] newer than since_us, from the replayed rounds.

@@ -11,7 +11,11 @@ What the captures cannot give is marked where it is made up:
 - the 'geforce' scenario's driver refuses per-process utilisation (NOT_SUPPORTED), as older
   consumer boards and vGPUs do; its capture shows samples;
 - pmon prints '-' for an engine without activity: such an engine is 0 in a sample, and a
-  process with '-' everywhere has no sample at all.
+  process with '-' everywhere has no sample at all;
+- the PCIe byte counters (NVML_FI_DEV_PCIE_COUNT_*_BYTES) start at 1 TiB / 2 TiB and grow with the
+  captured throughput; the clock-event time counters are the captured µs in ns;
+- fan rpm is not in the captures: no scenario has it unless a test sets it;
+- a GPU with links in `nvidia-smi nvlink -s` has NVLink error counters of 0.
 
 Tests start the exporter with ``gpu.nvml_module: tests.fakenvml.<scenario>``. Two environment
 variables, read only here, adapt a scenario to the test machine: FAKENVML_PIDS
@@ -19,6 +23,7 @@ variables, read only here, adapt a scenario to the test machine: FAKENVML_PIDS
 FAKENVML_CONTROL names a file listing the indexes of GPUs that have fallen off the bus.
 """
 import os
+import re
 import time
 
 from . import NO_INSTANCE, NOT_AVAILABLE, NOT_SUPPORTED, Err, FakeGPU, FakeMig, build, without_library
@@ -76,6 +81,24 @@ def gpu_from_capture(name, state="load", gpu=0, index=0, uuid=None):
     fan = _field(row.get("fan.speed"), _int)
     mig_mode = _both(row.get("mig.mode.current"), row.get("mig.mode.pending"),
                      lambda r: 1 if r.strip() == "Enabled" else 0)
+    fields = {82: _field(q_value(block, "Memory Current Temp"), _int),
+              193: _field(q_value(block, "GPU Shutdown T.Limit Temp"), _int),
+              194: _field(q_value(block, "GPU Slowdown T.Limit Temp"), _int),
+              94: _field(q_value(block, "Replays Since Reset"), _int)}
+    for fid, key in ((3, "ecc.errors.corrected.volatile.total"), (4, "ecc.errors.uncorrected.volatile.total"),
+                     (5, "ecc.errors.corrected.aggregate.total"), (6, "ecc.errors.uncorrected.aggregate.total"),
+                     (29, "retired_pages.single_bit_ecc.count"), (30, "retired_pages.double_bit.count"),
+                     (31, "retired_pages.pending"), (142, "remapped_rows.correctable"),
+                     (143, "remapped_rows.uncorrectable"), (144, "remapped_rows.pending"),
+                     (145, "remapped_rows.failure"),
+                     (74, "clocks_event_reasons_counters.sw_power_cap"),
+                     (75, "clocks_event_reasons_counters.sw_thermal_slowdown"),
+                     (76, "clocks_event_reasons_counters.sync_boost")):
+        conv = (lambda r: int(number(r)) * 1000) if fid in (74, 75, 76) else \
+            (lambda r: {"No": 0, "Yes": 1}.get(r.strip(), None) if r.strip() in ("No", "Yes") else _int(r))
+        fields[fid] = _field(row.get(key), conv)
+    link = tuple(_field(row.get(k), _int) for k in ("pcie.link.gen.current", "pcie.link.gen.max",
+                                                      "pcie.link.width.current", "pcie.link.width.max"))
     uuid = uuid or row["uuid"]
     g = FakeGPU(
         index=index,
@@ -100,6 +123,12 @@ def gpu_from_capture(name, state="load", gpu=0, index=0, uuid=None):
         decoder=_field(row.get("utilization.decoder"), _int),
         pcie={0: _field(q_value(block, "Tx Throughput"), _int), 1: _field(q_value(block, "Rx Throughput"), _int)},
         mig_mode=mig_mode,
+        margin=_field(row.get("temperature.gpu.tlimit"), _int),
+        fields=fields,
+        pcie_bytes=(1 << 40, 2 << 40),
+        power_default_mw=_field(row.get("power.default_limit"), _milli),
+        power_max_mw=_field(row.get("power.max_limit"), _milli),
+        link=next((v for v in link if isinstance(v, Err)), link),
     )
     names = {}
     for p in q_processes(block):
@@ -120,6 +149,13 @@ def gpu_from_capture(name, state="load", gpu=0, index=0, uuid=None):
             if any(v is not None for v in values):
                 samples[s["pid"]] = tuple(v or 0 for v in values)
         g.samples.append(samples)
+    try:
+        links = re.findall(r"^\s+Link (\d+): (.*)$", cap.section("capabilities :: nvlink -s"), re.M)
+    except KeyError:
+        links = []
+    g.nvlinks = [not v.strip().startswith("<inactive>") for _, v in links]
+    if g.nvlinks:
+        g.fields.update({45: 0, 52: 0, 59: 0})
     if not isinstance(mig_mode, Err) and mig_mode[0]:
         profiles = {(gi, i): (prof, mig_uuid) for gi, i, prof, mig_uuid in cap.mig_profiles()}
         for m in q_mig_devices(block):
@@ -200,13 +236,32 @@ OLD_DRIVER_MISSING = {
 
 
 def old_driver(**kw):
-    nvml = datacenter(**kw)
+    return drop_symbols(datacenter(**kw), OLD_DRIVER_MISSING)
+
+
+# Process-list entry points by driver generation (see FakeLibrary._v3_entry)
+GENERATIONS = {
+    "current": set(),                                                       # _v3, 24-byte entries
+    "r535_early": {"nvmlDeviceGetRunningProcessDetailList"},               # _v3, 32-byte entries
+    "v2_only": {f"nvmlDevice{k}RunningProcesses_v3" for k in ("GetCompute", "GetGraphics", "GetMPSCompute")},
+    "v1_only": {f"nvmlDevice{k}RunningProcesses_{v}" for k in ("GetCompute", "GetGraphics", "GetMPSCompute")
+                for v in ("v3", "v2")},
+}
+
+
+def drop_symbols(nvml, names):
+    """The fake's library without ``names``, as an older driver."""
     lib = nvml._fake
-    for name in OLD_DRIVER_MISSING:
+    for name in names:
         lib.exported.discard(name)
         if hasattr(lib.symbols, name):
             delattr(lib.symbols, name)
     return nvml
+
+
+def generation(name, **kw):
+    """The datacenter scenario on a driver of one process-list generation."""
+    return drop_symbols(datacenter(**kw), GENERATIONS[name])
 
 
 def nodriver(**kw):
