@@ -7,6 +7,7 @@ An explicit --url that does not answer, or answers with something that is not a 
 verdict, is one line on stderr and exit status 2.
 """
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -197,7 +198,7 @@ def main(argv=None):
     except NotHoofhearted as e:
         print(terminal(f"hoofhearted why: error: {url}: {e}"), file=sys.stderr)
         return 2
-    except (OSError, urllib.error.URLError, ValueError) as e:
+    except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException) as e:
         if args.url:
             reason = getattr(e, "reason", None) or e
             reason = getattr(reason, "strerror", None) or reason
