@@ -62,6 +62,13 @@ _PROGRAM_FLAGS = {
     "curl": {"-u": "userpass", "--user": "userpass", "-U": "userpass", "--proxy-user": "userpass",
              "-k": None, "-w": None, "-p": None, "-P": None},
     "grep": {"-w": None, "-P": None},
+    # programs whose short options are plainly not secrets: ports, pids, paths, field numbers
+    **{p: {"-p": None} for p in ("mkdir", "ssh", "docker", "podman", "nerdctl", "ps", "top", "htop", "pidstat",
+                                 "strace", "ltrace", "perf", "gdb", "renice", "taskset", "chrt", "prlimit",
+                                 "nc", "ncat", "iperf3", "cp", "install", "patch", "pgrep", "pkill")},
+    **{p: {"-P": None} for p in ("scp", "sftp", "xargs", "parallel")},
+    **{p: {"-k": None} for p in ("sort",)},
+    **{p: {"-w": None} for p in ("ping", "ping6", "wc", "fold")},
 }
 _COMBINED_FLAGS = re.compile(r"-[a-z]{1,3}")        # mkdir -pv: letters, not a value
 

@@ -160,6 +160,12 @@ FLAG_ROWS = [
     (["curl", "-ubob:Hunter22", "https://x.example"], ["curl", "-ubob:***", "https://x.example"]),
     # ... and what stays
     (["mkdir", "-pv", "/srv/data"], ["mkdir", "-pv", "/srv/data"]),
+    (["mkdir", "-p", "/srv/data"], ["mkdir", "-p", "/srv/data"]),
+    (["ssh", "-p", "2222", "backup@nas"], ["ssh", "-p", "2222", "backup@nas"]),
+    (["docker", "run", "-p", "8080:80", "nginx"], ["docker", "run", "-p", "8080:80", "nginx"]),
+    (["sort", "-k", "2", "data.txt"], ["sort", "-k", "2", "data.txt"]),
+    (["ldapsearch", "-D", "cn=admin", "-w", "Hunter22"], ["ldapsearch", "-D", "cn=admin", "-w", "***"]),
+    (["openssl", "enc", "-k", "Hunter22"], ["openssl", "enc", "-k", "***"]),
     (["grep", "-w", "error", "/var/log/syslog"], ["grep", "-w", "error", "/var/log/syslog"]),
     (["app", "-u", "alice"], ["app", "-u", "alice"]),
     (["app", "-p", "-v"], ["app", "-p", "-v"]),
