@@ -62,6 +62,7 @@ gpu-check: venv
 
 bench: venv deps
 	$(PY) -m bench $(ARGS)
+	$(PY) -m bench.attribution
 
 soak: venv
 	$(PY) -m bench.soak $(ARGS)

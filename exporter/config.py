@@ -452,7 +452,7 @@ SECTION_DOCS = {
     "network": "interfaces to skip (regular expression)",
     "disk": "block devices to skip (regular expression; partitions and virtual devices by default)",
     "process": "per-process series: top N by CPU and by memory, everything else in groups",
-    "gpu": "per-process GPU series per GPU; processes allowed to keep a GPU busy",
+    "gpu": "per-process GPU series per GPU",
     "grafana_live": "push the critical tier to Grafana Live (off unless url is set)",
 }
 

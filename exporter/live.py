@@ -138,6 +138,8 @@ def _culprit(report):
             fields["pid"] = c["pid"]
         if c["cores"] is not None:
             fields["cores"] = float(c["cores"])
+        if c.get("watts") is not None:
+            fields["watts"] = float(c["watts"])
         if c["gpu"]:
             gpu, share = max(c["gpu"].items(), key=lambda kv: kv[1])
             fields.update(gpu=gpu, gpu_share=float(share))

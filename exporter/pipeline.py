@@ -14,12 +14,12 @@ import threading
 import time
 from typing import NamedTuple
 
-from . import collectors as registry, render, verdict
+from . import attribution, collectors as registry, render, verdict
 from .scheduler import Scheduler
 
 log = logging.getLogger("hoofhearted.verdict")
 
-INPUTS = {"cpu", "memory", "sensors", "process", "gpu_process", "nvidia", "amdgpu", "bmc"}
+INPUTS = {"cpu", "memory", "sensors", "process", "gpu_process", "nvidia", "amdgpu", "bmc", "rapl"}
 
 
 class Published(NamedTuple):
@@ -73,8 +73,9 @@ class VerdictStage(RenderedParts):
         self._stop = threading.Event()
         self._thread = None
         self._lock = threading.Lock()
+        self.attributor = attribution.Attributor(clock=scheduler.clock)
         scheduler.on_refresh.append(self._on_refresh)
-        self.set(verdict.families(self._empty()))
+        self.set(verdict.families(self._empty()) + self.attributor.families())
 
     def _empty(self):
         return {"measuring": True, "sensors": {"temperature": 0, "fan": 0}, "culprits": []}
@@ -94,13 +95,14 @@ class VerdictStage(RenderedParts):
         fresh = [j.collector for j in self.scheduler.jobs if j.success and not j.stale(now)]
         pending = {j.name for j in jobs if j.last_success is None}
         failing = {j.name for j in jobs if j.last_success is not None and j.collector not in fresh}
+        power = attribute(self.attributor, fresh, now)
         report = verdict.compute(fresh, host=self.host, wall=self.wall, reason=self.reason, pending=pending,
-                                 failing=failing, cache=self._cache)
+                                 failing=failing, cache=self._cache, power=power)
         self._say_sensors(report, jobs)
         body = json.dumps(report, separators=(",", ":")).encode("utf-8")
         with self._lock:
             self._latest, self._body = report, body
-        self.set(verdict.families(report))
+        self.set(verdict.families(report) + self.attributor.families())
         event = Published(report, fresh, "critical", report["time"])
         for cb in list(self.subscribers):
             try:
@@ -155,6 +157,14 @@ class VerdictStage(RenderedParts):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def attribute(attributor, collectors, now=None):
+    """Watts per process from the same fresh refreshes the verdict reads."""
+    by_name = {c.name: c for c in collectors}
+    proc, gpu = by_name.get("process"), by_name.get("gpu_process")
+    entries = (getattr(gpu, "snapshot", None) or ()) if gpu is not None else ()
+    return attributor.update(verdict.index(collectors), proc, entries, now)
 
 
 class Pipeline:

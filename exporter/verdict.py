@@ -390,13 +390,13 @@ def idle(report):
                                                    for g in report["gpus"])
 
 
-def sentence(report):
+def sentence(report, power=None):
     throttled = [f"{g['display']} is throttling for {' and '.join(g['throttled_for'])}."
                  for g in report["gpus"] if g.get("throttled_for")]
-    return " ".join([_sentence(report)] + throttled)
+    return " ".join([_sentence(report, power)] + throttled)
 
 
-def _sentence(report):
+def _sentence(report, power=None):
     lead = fan_lead(report["fans"])
     load = load_text(report)
     paren = f" ({load})" if load else ""
@@ -405,6 +405,9 @@ def _sentence(report):
     if not report["process_data"]:
         why = "failing" if "process" in report.get("failing", ()) else "off"
         return f"{lead}{paren}; no per-process data (the process collector is {why})."
+    chain = blame(report, power, lead) if power is not None and power.domains else None
+    if chain:
+        return chain
     if not report["culprits"]:
         return f"{lead}{paren}; no process uses measurable CPU or GPU."
     top = report["culprits"][0]
@@ -415,6 +418,35 @@ def _sentence(report):
     if idle(report):
         return f"{lead} and the machine is mostly idle{paren}; busiest is {who(top)}, which {uses(top)}."
     return f"{lead}; the load is spread over many processes{paren}; busiest is {who(top)}, which {uses(top)}."
+
+
+def blame(report, power, lead):
+    """Fan -> hottest sensor -> its part -> the part's power -> the culprit drawing most of it."""
+    from .attribution import component_of
+
+    heat = [d for d in power.domains if d.heat]
+    if not heat:
+        return None
+    packages = power.packages()
+    hottest = report["temperatures"][0] if report["temperatures"] else None
+    part = component_of(hottest, power) if hottest is not None else None
+    if part is not None:
+        words = f"{part.component(packages)} is at {hottest['celsius']:.0f} °C drawing {part.measured:.0f} W"
+        head = f"{lead} because {words}" if report["fans"] else f"{lead}; {words}"
+    else:
+        part = max(heat, key=lambda d: (d.measured, d.domain))
+        if hottest is None:
+            where = "no temperature reading to tie to a part"
+        else:
+            where = (f"the hottest sensor ({clean(hottest['name'])}, {hottest['celsius']:.0f} °C) is on no part "
+                     f"with a power reading")
+        head = f"{lead}; {where}, while {part.component(packages)} draws {part.measured:.0f} W"
+    best = max(report["culprits"], key=lambda c: ((c.get("watts_by_domain") or {}).get(part.domain, 0.0),
+                                                  -c["rank"]), default=None)
+    share = (best.get("watts_by_domain") or {}).get(part.domain, 0.0) if best else 0.0
+    if best is None or round(share) < 1:
+        return f"{head}; no process draws a measurable share of it."
+    return f"{head}; {share:.0f} W of it is {who(best)}."
 
 
 # -- why sensors are missing ---------------------------------------------------------------
@@ -453,12 +485,14 @@ def missing_sensors_reason(sysfs="/sys", procfs="/proc", dev="/dev"):
 
 # -- the whole answer ----------------------------------------------------------------------
 
-def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(), cache=None):
+def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(), cache=None, power=None):
     """The verdict as a dict (the /api/verdict JSON) from the fresh collectors' last refresh.
 
     ``pending``: collectors that exist but have not refreshed yet; ``failing``: ones whose data
     is missing now (failed or stale). ``cache``: a dict kept between calls, so the culprits are
-    ranked again only when the process or GPU-process snapshot changed."""
+    ranked again only when the process or GPU-process snapshot changed. ``power``: an
+    attribution.Attribution of the same refreshes, or None (then no watts and the sentences
+    without power)."""
     m = index(collectors)
     by_name = {c.name: c for c in collectors}
     names = gpu_names(m)
@@ -479,7 +513,7 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
         "sensors": {"temperature": len(m.get("hoofhearted_temperature_celsius", ()))
                     + len(m.get("hoofhearted_gpu_temperature_celsius", ())),
                     "fan": len(fan_list)},
-        "notes": [],
+        "notes": [], "power": None,
     }
     report["process_data"] = proc_c is not None or "process" in pending
     report["failing"] = sorted(failing)
@@ -500,12 +534,26 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
             c = {"rank": rank, "kind": u.kind, "name": u.name, "user": u.user, "owner": u.owner, "pid": u.pid,
                  "processes": len(u.procs), "cores": u.cores, "memory_bytes": u.memory, "gpu": u.gpu,
                  "gpu_memory_bytes": u.gpu_memory, "watts": None}
+            by_domain = power.watts_of([p.pid for p in u.procs]) if power is not None else None
+            if by_domain is not None:
+                c["watts"] = sum(by_domain.values())
+                c["watts_by_domain"] = by_domain
             c["text"] = f"{who(c)} {uses(c)}"
             report["culprits"].append(c)
+        if power is not None and power.domains:
+            report["power"] = power_report(power)
     if not report["sensors"]["temperature"] and not report["sensors"]["fan"] and reason:
         report["notes"].append(f"No temperature or fan readings: {reason}.")
-    report["sentence"] = sentence(report)
+    report["sentence"] = sentence(report, power)
     return report
+
+
+def power_report(power):
+    """The measured domains for the JSON: measured = attributed + idle + other."""
+    return {"method": "proportional", "domains": [
+        {"domain": d.domain, "kind": d.kind, "measured_watts": d.measured, "busy_ratio": d.busy,
+         "attributed_watts": d.attributed, "idle_watts": d.idle, "other_watts": d.other,
+         "component": d.component(power.packages())} for d in power.domains]}
 
 
 def families(report):
@@ -528,6 +576,9 @@ def families(report):
     gpu = gauge("hoofhearted_culprit_gpu_utilization_ratio", "Share of a GPU the culprit of a rank keeps busy (0-1).",
                 ["rank", "gpu", "uuid"])
     by_display = {g["display"]: g for g in report.get("gpus", ())}
+    watts = gauge("hoofhearted_culprit_power_watts",
+                  "Power the culprit of a rank draws in CPU packages, DRAM and GPUs (an estimate, see "
+                  "hoofhearted_process_power_watts); only where power is measured.", ["rank"])
     for c in report["culprits"][:RANKS]:
         rank = str(c["rank"])
         info.add_metric([rank, c["kind"], c["name"], c["user"], c["owner"],
@@ -540,4 +591,6 @@ def families(report):
             row = by_display.get(g)
             if row is not None:
                 gpu.add_metric([rank, row["gpu"], row["uuid"]], share)
-    return [measuring, sensors, info, cores, count, mem, gpu]
+        if c.get("watts") is not None:
+            watts.add_metric([rank], c["watts"])
+    return [measuring, sensors, info, cores, count, mem, gpu, watts]

@@ -93,7 +93,8 @@ def fetch(url, timeout):
 
 def collect_locally(procfs="/proc", sysfs="/sys", pause=1.0):
     """The verdict from the default collectors run here, refreshed twice for rates."""
-    from . import collectors, config, verdict
+    from . import attribution, collectors, config, verdict
+    from .pipeline import attribute
 
     cfg = config.defaults()
     cfg["paths"]["procfs"], cfg["paths"]["sysfs"] = procfs, sysfs
@@ -111,7 +112,8 @@ def collect_locally(procfs="/proc", sysfs="/sys", pause=1.0):
                 except Exception:      # one broken source must not hide the others
                     ok.pop(c.name, None)
         fresh = [c for c in built if c.name in ok]
-        return verdict.compute(fresh, reason=verdict.missing_sensors_reason(sysfs, procfs))
+        power = attribute(attribution.Attributor(), fresh)
+        return verdict.compute(fresh, reason=verdict.missing_sensors_reason(sysfs, procfs), power=power)
     finally:
         for c in built:
             try:
@@ -173,8 +175,14 @@ def lines(report):
             owner = owner_text(clean(c["owner"])) if c["owner"] and c["kind"] != "owner" else "-"
             cores = f"{c['cores']:.2f} cores" if c["cores"] is not None else "- cores"
             gpu = " ".join(f"{g} {pct(v)}" for g, v in sorted(c["gpu"].items()))
+            watts = f"  {c['watts']:.1f} W" if c.get("watts") is not None else ""
             out.append(f"  {what} {clean(c['user']) or '-':<10} {owner:<24} {cores:>11}  "
-                       f"{bytes_text(c['memory_bytes']):>10}{'  ' + gpu if gpu else ''}")
+                       f"{bytes_text(c['memory_bytes']):>10}{watts}{'  ' + gpu if gpu else ''}")
+    power = report.get("power") or {}
+    if power.get("domains"):
+        out.append("Power (estimates): " + "; ".join(
+            f"{d['domain']} {d['measured_watts']:.1f} W = {d['attributed_watts']:.1f} processes"
+            f" + {d['idle_watts']:.1f} idle + {d['other_watts']:.1f} other" for d in power["domains"]))
     out.append(report["sentence"])
     out.extend(report.get("notes") or ())
     if report.get("source"):

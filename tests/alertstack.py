@@ -1,12 +1,21 @@
 """Debian's Prometheus and Alertmanager on loopback, run with the repository's own configuration.
 
-The rewrite helpers change only addresses, file paths and durations (rule `for:`, evaluation,
-scrape and notification timing), so a test proves the shipped expressions, labels, annotations,
-routes, inhibitions, receivers and templates, just faster.
+The rewrite helpers change only addresses, file paths and durations (rule `for:` and
+`keep_firing_for:`, the range windows of rule expressions, evaluation, scrape and notification
+timing), so a test proves the shipped expressions, labels, annotations, routes, inhibitions,
+receivers and templates, just faster. An end-to-end test:
+
+    cfg = rewrite_prometheus(tmp, "127.0.0.1:PORT", am.address, for_="5s", window="30s")
+    prom = start_prometheus(prometheus_binary, tmp, cfg)
+
+`for_` replaces every alert's `for` (and `keep_firing_for`, so alerts resolve as fast), `window`
+every range selector ([5m] -> [30s]) in the recording and alert rules: a process that starts
+burning then shows its full rate after `window`, not after five minutes.
 """
 import copy
 import glob
 import os
+import re
 import socket
 import subprocess
 import time
@@ -40,30 +49,43 @@ def dump(data, path):
     return path
 
 
-def rewrite_rules(src, dst, for_):
-    """Copy a rule file, every alert's `for:` set to ``for_``."""
+RANGE = re.compile(r"\[(\d+[smhd])\]")
+
+
+def rewrite_rules(src, dst, for_=None, window=None):
+    """Copy a rule file: every alert's `for:` and `keep_firing_for:` set to ``for_``, every range
+    selector's window in every expression set to ``window`` (None: unchanged)."""
     data = load(src)
     for group in data["groups"]:
         for rule in group["rules"]:
-            if "alert" in rule and "for" in rule:
-                rule["for"] = for_
+            if for_ is not None and "alert" in rule:
+                for key in ("for", "keep_firing_for"):
+                    if key in rule:
+                        rule[key] = for_
+            if window is not None:
+                rule["expr"] = RANGE.sub(f"[{window}]", rule["expr"])
     return dump(data, dst)
 
 
-def rewrite_prometheus(tmp, exporter, alertmanager, for_="5s", interval="1s"):
-    """prometheus.yml pointed at one exporter and one Alertmanager, with fast timing."""
+def rewrite_prometheus(tmp, exporter, alertmanager, for_="5s", interval="1s", window="30s"):
+    """prometheus.yml pointed at one exporter and one Alertmanager, with fast timing (see the module
+    docstring). The prometheus job's target is set by start_prometheus, which picks the port."""
     cfg = load(PROMETHEUS_YML)
     cfg["global"]["evaluation_interval"] = interval
+    cfg["global"]["scrape_interval"] = interval
     cfg["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
     rules_dir = os.path.join(tmp, "rules")
     os.makedirs(rules_dir, exist_ok=True)
     for path in ALERT_RULES:
-        rewrite_rules(path, os.path.join(rules_dir, os.path.basename(path)), for_)
-    cfg["rule_files"] = [RECORDING_YML, os.path.join(rules_dir, "*.yml")]
+        rewrite_rules(path, os.path.join(rules_dir, os.path.basename(path)), for_, window)
+    recording = rewrite_rules(RECORDING_YML, os.path.join(tmp, "recording.yml"), None, window)
+    cfg["rule_files"] = [recording, os.path.join(rules_dir, "*.yml")]
     targets = dump([{"targets": [exporter]}], os.path.join(tmp, "targets.yml"))
-    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "hoofhearted"]
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    job = jobs["hoofhearted"]
     job["scrape_interval"] = job["scrape_timeout"] = interval
     job["file_sd_configs"][0]["files"] = [targets]
+    jobs["alertmanager"]["static_configs"] = [{"targets": [alertmanager]}]
     return dump(cfg, os.path.join(tmp, "prometheus.yml"))
 
 
@@ -77,10 +99,11 @@ def _swap_paths(node, secrets):
     return node
 
 
-def rewrite_alertmanager(tmp, secrets, webhook_url=None, timing="1s", repeat="5s"):
-    """alertmanager.yml reading its secret files from ``secrets``, with fast grouping."""
+def rewrite_alertmanager(tmp, secrets, webhook_url=None, timing="1s", repeat="5s", pagerduty_url=None):
+    """alertmanager.yml reading its secret files from ``secrets``, with fast grouping; the webhook and
+    PagerDuty receivers pointed at ``webhook_url`` and ``pagerduty_url`` when given."""
     cfg = _swap_paths(copy.deepcopy(load(ALERTMANAGER_YML)), secrets)
-    cfg["templates"] = [TEMPLATES]
+    cfg["templates"] = [TEMPLATES, os.path.join(secrets, "*.tmpl")]
     routes = [cfg["route"], *cfg["route"].get("routes", [])]
     for route in routes:
         for key in ("group_wait", "group_interval"):
@@ -88,10 +111,11 @@ def rewrite_alertmanager(tmp, secrets, webhook_url=None, timing="1s", repeat="5s
                 route[key] = timing
         if "repeat_interval" in route:
             route["repeat_interval"] = repeat
-    if webhook_url:
-        for receiver in cfg["receivers"]:
-            for hook in receiver.get("webhook_configs", []):
-                hook["url"] = webhook_url
+    for receiver in cfg["receivers"]:
+        for hook in receiver.get("webhook_configs", []) if webhook_url else []:
+            hook["url"] = webhook_url
+        for pager in receiver.get("pagerduty_configs", []) if pagerduty_url else []:
+            pager["url"] = pagerduty_url
     return dump(cfg, os.path.join(tmp, "alertmanager.yml"))
 
 
@@ -148,6 +172,11 @@ def start_alertmanager(binary, tmp, config):
 
 def start_prometheus(binary, tmp, config):
     port = free_port()
+    cfg = load(config)
+    for job in cfg.get("scrape_configs", []):
+        if job["job_name"] == "prometheus":  # scrapes itself, on the port picked here
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    dump(cfg, config)
     data = os.path.join(tmp, "prom-data")
     os.makedirs(data, exist_ok=True)
     prom = Daemon([binary, f"--config.file={config}", f"--storage.tsdb.path={data}",

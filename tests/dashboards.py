@@ -169,6 +169,29 @@ def rule_files():
     return files
 
 
+def rule_queries():
+    """(where, PromQL) of every recording and alert rule expression, and of every query an alert's
+    annotations run (the backquoted printf formats, with %q filled in)."""
+    out = []
+    for path in rule_files():
+        with open(path) as f:
+            for group in (yaml.safe_load(f) or {}).get("groups", []):
+                for rule in group.get("rules", []):
+                    name = rule.get("record") or rule.get("alert")
+                    out.append((f"{os.path.basename(path)}:{name}", rule["expr"]))
+                    for key, text in rule.get("annotations", {}).items():
+                        for q in re.findall(r"printf `([^`]*)`", text):
+                            out.append((f"{os.path.basename(path)}:{name}:{key}", q.replace("%q", '"x"')))
+    return out
+
+
+def readme_metric_names():
+    """Families in README.md's generated metric table (tests/metric_table.py)."""
+    from metric_table import readme_rows
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return set(readme_rows(f.read()))
+
+
 def recorded_names():
     names = set()
     for path in rule_files():
@@ -315,7 +338,7 @@ class Stack:
 
     def __init__(self, prometheus_binary):
         self.dir = tempfile.mkdtemp(prefix="hoofhearted-dash-")
-        self.exporters, self.prom, self.miner, self.receiver = [], None, None, None
+        self.exporters, self.prom, self.miner, self.receiver, self.ticker = [], None, None, None, None
         try:
             self._start(prometheus_binary)
         except BaseException:
@@ -323,8 +346,9 @@ class Stack:
             raise
 
     def _start(self, prometheus_binary):
-        from fixture_box import make_sysfs
+        from fixture_box import EnergyTicker, make_sysfs
         sysfs = make_sysfs(os.path.join(self.dir, "sys"))
+        self.ticker = EnergyTicker(sysfs)       # RAPL counters move: package power and watts per process
         # A process named like a known miner (a copy of sleep), so the miner panel has a row.
         miner = os.path.join(self.dir, "xmrig")
         shutil.copy(shutil.which("sleep"), miner)
@@ -353,6 +377,8 @@ class Stack:
         raise RuntimeError("targets not scraped:\n" + self.prom.output())
 
     def stop(self):
+        if self.ticker:
+            self.ticker.stop()
         if self.prom:
             self.prom.stop()
         for exp in self.exporters:
@@ -362,6 +388,151 @@ class Stack:
             self.miner.wait()
         if self.receiver:
             self.receiver.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class FleetSim:
+    """Many simulated hosts for one real Prometheus: one HTTP server answers /metrics?host=N with a
+    fixture box's exposition, varied per host (temperatures, load, 30 processes with CPU counters,
+    a verdict), and Prometheus scrapes it once per host with instance="host-NNN"."""
+
+    PROCESSES = 30
+
+    def __init__(self, prometheus_binary, hosts=200, interval="5s"):
+        self.dir = tempfile.mkdtemp(prefix="hoofhearted-fleet-")
+        self.hosts = [f"host-{i:03d}" for i in range(hosts)]
+        self.start = time.time()
+        self.base = self._base_lines()
+        self.server = self.prom = None
+        try:
+            self._serve()
+            self._prometheus(prometheus_binary, interval)
+        except BaseException:
+            self.stop()
+            raise
+
+    SYNTHESIZED = ("hoofhearted_culprit_", "hoofhearted_sensors", "hoofhearted_cpu_seconds_total", "hoofhearted_collector_",
+                   "hoofhearted_escalation_active", "hoofhearted_live_pushes_total",
+                   "hoofhearted_process_cpu_seconds_total", "hoofhearted_process_group_cpu_seconds_total",
+                   "hoofhearted_cpu_usage_ratio", "hoofhearted_build_info")
+
+    @classmethod
+    def _base_lines(cls):
+        lines = []
+        with open(os.path.join(GOLDEN, "fixture-box.prom")) as f:
+            for line in f:
+                if line.strip() and not line.startswith("#") and not line.startswith(cls.SYNTHESIZED):
+                    lines.append(line.rstrip("\n"))
+        return lines
+
+    def body(self, i):
+        t = time.time() - self.start + 1000
+        out = []
+        for line in self.base:
+            name_labels, value = line.rsplit(" ", 1)
+            if name_labels.startswith("hoofhearted_temperature_celsius{"):
+                value = f"{float(value) + i % 40:g}"
+            out.append(f"{name_labels} {value}")
+        busy = (i % 100) / 100
+        out.append(f'hoofhearted_build_info{{version="0.0.0",python_version="3.11"}} 1')
+        out.append(f"hoofhearted_cpu_usage_ratio {busy}")
+        for cpu in range(8):
+            out.append(f'hoofhearted_cpu_seconds_total{{cpu="{cpu}",mode="idle"}} {t * (1 - busy):.3f}')
+            out.append(f'hoofhearted_cpu_seconds_total{{cpu="{cpu}",mode="user"}} {t * busy:.3f}')
+        for j in range(self.PROCESSES):
+            cores = ((i + j) % self.PROCESSES) / 10
+            out.append(f'hoofhearted_process_cpu_seconds_total{{pid="{1000 + j}",name="worker{j}",user="u{j % 3}",'
+                       f'owner=""}} {t * cores:.3f}')
+        for j in range(20):
+            out.append(f'hoofhearted_process_group_cpu_seconds_total{{group="group{j}"}} {t * (j % 7) / 5:.3f}')
+        for rank, (kind, name, pid) in enumerate((("group", "php-fpm", ""), ("process", "worker1", "1001"),
+                                                  ("owner", "docker-abc.scope", "")), start=1):
+            out.append(f'hoofhearted_culprit_info{{rank="{rank}",kind="{kind}",name="{name}",user="www-data",'
+                       f'owner="",pid="{pid}"}} 1')
+            out.append(f'hoofhearted_culprit_cpu_usage_cores{{rank="{rank}"}} {(i % 9) / (rank + 1):.3f}')
+            out.append(f'hoofhearted_culprit_processes{{rank="{rank}"}} {12 if kind != "process" else 1}')
+            out.append(f'hoofhearted_culprit_memory_bytes{{rank="{rank}"}} {1e8 * rank:.0f}')
+        out.append('hoofhearted_culprit_gpu_utilization_ratio{rank="1",gpu="0"} 0.5')
+        for k, (collector, tier, interval) in enumerate((("cpu", "critical", 1), ("sensors", "critical", 1),
+                                                         ("process", "important", 2), ("gpu", "critical", 1),
+                                                         ("disk", "standard", 5), ("network", "standard", 5))):
+            failing = collector == "gpu" and i % 20 == 0
+            out.append(f'hoofhearted_collector_success{{collector="{collector}"}} {0 if failing else 1}')
+            out.append(f'hoofhearted_collector_duration_seconds{{collector="{collector}"}} {(i % 13 + k) / 1000:g}')
+            out.append(f'hoofhearted_collector_refresh_interval_seconds{{collector="{collector}",tier="{tier}"}} '
+                       f'{1 if i % 50 == 0 else interval}')
+            out.append(f'hoofhearted_collector_last_success_timestamp_seconds{{collector="{collector}"}} '
+                       f'{time.time() - (600 if failing else interval):.3f}')
+        out.append(f"hoofhearted_escalation_active {1 if i % 50 == 0 else 0}")
+        if i % 100 == 0:
+            out.append(f'hoofhearted_live_pushes_total{{result="success"}} {t:.0f}')
+        out.append('hoofhearted_sensors{kind="temperature"} 15')
+        out.append('hoofhearted_sensors{kind="fan"} 0' if i % 10 == 0 else 'hoofhearted_sensors{kind="fan"} 6')
+        return ("\n".join(out) + "\n").encode()
+
+    def _serve(self):
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                i = int(self.path.rsplit("host=", 1)[1])
+                data = sim.body(i)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # Prometheus stopping mid-scrape
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _prometheus(self, binary, interval):
+        address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.prom = Prometheus.__new__(Prometheus)
+        self.prom.port = free_port()
+        self.prom.url = f"http://127.0.0.1:{self.prom.port}"
+        config = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
+            "rule_files": [RECORDING_RULES],
+            "scrape_configs": [{"job_name": "hoofhearted", "static_configs": [
+                {"targets": [address], "labels": {"instance": name, "__param_host": str(i)}}
+                for i, name in enumerate(self.hosts)]}],
+        }
+        path = os.path.join(self.dir, "prometheus.yml")
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        self.prom.log = open(os.path.join(self.dir, "prometheus.log"), "w+")
+        self.prom.proc = subprocess.Popen(
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={os.path.join(self.dir, 'data')}",
+             f"--web.listen-address=127.0.0.1:{self.prom.port}"],
+            stdout=self.prom.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.prom.proc.poll() is not None:
+                raise RuntimeError("prometheus exited:\n" + self.prom.output())
+            try:
+                # three scrapes of every host, so rates and recording rules exist
+                got = self.prom.instant('count(count_over_time(up{job="hoofhearted"}[1m]) >= 3)')
+                if got and int(float(got[0]["value"][1])) == len(self.hosts):
+                    return
+            except (requests.RequestException, AssertionError, ValueError):
+                pass
+            time.sleep(1)
+        raise RuntimeError("the simulated fleet was not scraped:\n" + self.prom.output()[-3000:])
+
+    def stop(self):
+        if self.prom is not None and getattr(self.prom, "proc", None):
+            self.prom.stop()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

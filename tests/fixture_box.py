@@ -30,12 +30,44 @@ def bump_stat(path, jiffies):
         f.writelines(out)
 
 
+def bump_energy(sysfs, seconds, watts=(("intel-rapl:0", 40.0), ("intel-rapl:0:0", 25.0))):
+    """Advance the box's RAPL counters as if the package drew 40 W and its cores 25 W."""
+    for zone, w in watts:
+        path = os.path.join(sysfs, "class", "powercap", zone, "energy_uj")
+        with open(path) as f:
+            value = int(f.read().strip())
+        with open(path + ".new", "w") as f:       # a reader never sees a half-written file
+            f.write(f"{value + int(w * 1e6 * seconds)}\n")
+        os.replace(path + ".new", path)
+
+
+class EnergyTicker:
+    """Advances the box's RAPL counters every few milliseconds, for a running exporter."""
+
+    def __init__(self, sysfs, period=0.01):
+        import threading
+        self.sysfs, self.period = sysfs, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            bump_energy(self.sysfs, self.period)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(2)
+
+
 def make_sysfs(root):
     """hwmon, thermal, powercap and cpufreq from node_exporter's tree; DRM cards from procfs's;
     plus one board controller of ours with PWM and a power meter, which that tree lacks."""
-    for sub in ("class/thermal", "class/powercap"):
+    for sub in ("class/thermal",):
         os.makedirs(os.path.dirname(os.path.join(root, sub)), exist_ok=True)
         os.symlink(os.path.join(SYSFS, sub), os.path.join(root, sub))
+    # a copy: refresh_twice advances the package and core counters
+    shutil.copytree(os.path.join(SYSFS, "class", "powercap"), os.path.join(root, "class", "powercap"), symlinks=True)
     hwmon = os.path.join(root, "class", "hwmon")
     os.makedirs(hwmon)
     for entry in os.listdir(os.path.join(SYSFS, "class", "hwmon")):
@@ -128,11 +160,38 @@ def box_collectors(tmp):
     return built, cfg
 
 
+def bump_process(procfs, pid, ticks):
+    """Advance a process's utime (field 14 of /proc/PID/stat) by `ticks`."""
+    path = os.path.join(procfs, str(pid), "stat")
+    head, _, rest = open(path).read().rpartition(")")
+    fields = rest.split(" ")
+    fields[12] = str(int(fields[12]) + ticks)      # rest starts with the space after ')'
+    with open(path, "w") as f:
+        f.write(head + ")" + " ".join(fields))
+
+
+def bump_engine(path, engine, ns):
+    lines = []
+    for line in open(path):
+        if line.startswith(f"drm-engine-{engine}:"):
+            line = f"drm-engine-{engine}:\t{int(line.split()[1]) + ns} ns\n"
+        lines.append(line)
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
 def refresh_twice(built, procfs):
+    """Two refreshes a second apart: the host 50 % busy, the miner burning one core, vim keeping
+    the Intel iGPU's render engine 40 % busy."""
     families = []
     for c in built:
         c.refresh(100.0)
     bump_stat(os.path.join(procfs, "stat"), 100)
+    bump_process(procfs, 31337, os.sysconf("SC_CLK_TCK"))
+    bump_engine(os.path.join(procfs, "26231", "fdinfo", "9"), "render", 400_000_000)
+    for c in built:
+        if c.name == "rapl":
+            bump_energy(c.sysfs, 1.0)
     for c in built:
         families += c.refresh(101.0)
     return families
@@ -140,9 +199,13 @@ def refresh_twice(built, procfs):
 
 def box_stage_families(built, cfg):
     """What the verdict stage and the Live sink add to /metrics on the box, after one (failing) push."""
-    from exporter import verdict
+    from exporter import attribution, verdict
     from exporter.live import LiveSink
-    report = verdict.compute(built, host="box", wall=lambda: 1000.0, reason="a fixture box")
+    from exporter.pipeline import attribute
+    power = attribution.Attributor()
+    attribute(power, built, 100.0)
+    report = verdict.compute(built, host="box", wall=lambda: 1000.0, reason="a fixture box",
+                             power=attribute(power, built, 101.0))
     sink = LiveSink(cfg, host="box")
     sink.push(built, report)
-    return verdict.families(report) + sink.families()
+    return verdict.families(report) + power.families() + sink.families()

@@ -246,6 +246,21 @@ class ProcessCollector(Collector):
         out.extend(p for _, p in extra[:n])
         return out
 
+    def group_slot(self, pid, name=""):
+        """The group series a process's share lands in: its group while that has a slot, else
+        "other" (the same folding as the CPU-seconds counter)."""
+        table = self.snapshot
+        proc = table.procs.get(pid) if table is not None else None
+        by = self.group_by
+        if proc is not None:
+            gk = proc.name if by == "name" else proc.ident.user if by == "user" else (proc.ident.owner or "none")
+        elif by == "name" and name:
+            gk = name
+        else:
+            return OTHER
+        g = self.groups.get(gk)
+        return gk if g is not None and g.promoted and gk != OTHER else OTHER
+
     # -- families ---------------------------------------------------------------------------
 
     def _labels(self):

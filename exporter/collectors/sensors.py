@@ -76,6 +76,21 @@ def invalid_family(collector, total):
     return fam
 
 
+RAPL_FIX = ("run with CAP_DAC_READ_SEARCH (the systemd unit and docker-compose.yml do) or let a group read "
+            "the counters with deploy/udev/60-hoofhearted-rapl.rules")
+
+
+def rapl_reason(zones, denied, sysfs):
+    """Why no RAPL energy counter can be read, with the fix; None when some can."""
+    if zones:
+        return None
+    if denied:
+        return (f"RAPL energy counters are readable by root only (Linux 5.10 and later) domains={','.join(denied)} "
+                f"fix: {RAPL_FIX}")
+    return ("no RAPL powercap zones (a virtual machine or WSL, or the intel_rapl driver is not loaded: "
+            "modprobe intel_rapl_msr); power per process comes only from GPUs, culprits are ranked by CPU share")
+
+
 class RAPLCollector(Collector):
     """CPU energy counters; a wrap of the hardware counter is folded in so the total only grows."""
 
@@ -85,7 +100,8 @@ class RAPLCollector(Collector):
         super().__init__()
         self.sysfs = sysfs
         self.prev = {}       # zone directory -> (raw µJ, wrap offset µJ, total µJ, now)
-        self.logged_denied = False
+        self.logged = False
+        self.reason = None
         self.invalid = 0
 
     @classmethod
@@ -97,9 +113,18 @@ class RAPLCollector(Collector):
         zones, denied = sensors.read_rapl(self.sysfs, invalid)
         self.invalid += invalid[0]
         self.snapshot = zones
-        if denied and not self.logged_denied:
-            log.warning("RAPL energy counters need root, skipped domains=%s", ",".join(denied))
-            self.logged_denied = True
+        self.reason = rapl_reason(zones, denied, self.sysfs)
+        if not self.logged:
+            self.logged = True
+            if self.reason:
+                log.warning("no CPU power readings reason=%r", self.reason)
+            elif denied:
+                log.warning("some RAPL domains are readable by root only, skipped domains=%s fix: %s",
+                            ",".join(denied), RAPL_FIX)
+        readable = gauge("hoofhearted_rapl_readable",
+                         "1 when RAPL CPU energy counters can be read, 0 when not (root-only since Linux 5.10, "
+                         "or no powercap: the log says why once).")
+        readable.add_metric([], 0 if self.reason else 1)
         energy = counter("hoofhearted_cpu_energy_joules", "Energy used by a RAPL domain (CPU package, cores, DRAM).",
                          ["domain"])
         watts = gauge("hoofhearted_cpu_power_watts", "Average power of a RAPL domain since the last refresh.",
@@ -117,4 +142,4 @@ class RAPLCollector(Collector):
             seen[z.zone] = (z.energy_uj, offset, total, now)
             energy.add_metric([z.domain], total / 1e6)
         self.prev = seen
-        return [energy, watts, invalid_family(self.name, self.invalid)]
+        return [readable, energy, watts, invalid_family(self.name, self.invalid)]
