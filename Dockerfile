@@ -4,6 +4,10 @@ FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# FreeIPMI's ipmi-sensors reads the server's BMC (in-band through /dev/ipmi0, or over the LAN).
+RUN apt-get update && apt-get install -y --no-install-recommends freeipmi-tools \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter

@@ -3,10 +3,11 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# systemd: systemd-analyze verifies the unit; pipx: the install test; Chromium: the live page
 DEBS    = prometheus prometheus-alertmanager prometheus-node-exporter prometheus-process-exporter \
-          chromium chromium-driver
+          freeipmi-tools openipmi chromium chromium-driver systemd pipx
 TOOLS   = prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-process-exporter \
-          chromium chromedriver
+          ipmi-sensors ipmi_sim chromium chromedriver systemd-analyze pipx
 
 # The GPU tests run twice: at the newest nvidia-ml-py (.venv) and at the lowest pyproject allows.
 NVML_FLOOR = $(shell sed -n 's/.*"nvidia-ml-py>=\([0-9.]*\)".*/\1/p' pyproject.toml)
@@ -16,26 +17,44 @@ FLOOR_VENV ?= .venv-floor
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
 		echo "installing python3-venv"; $(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends python3-venv python3-pip && \
 		$(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+
+# What running needs: the package as a user installs it (not editable: no notes from setuptools
+# about editable installs), its dependencies, no test tools. Reinstalled when a package file changes.
+PKG_FILES = pyproject.toml $(wildcard exporter/*.py exporter/*/*.py exporter/data/* exporter/web/*)
+
+$(VENV)/.runtime: $(PKG_FILES) | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q .
 	touch $@
 
+# Everything the tests need too (pyproject's [test] extra).
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.runtime
+
 # Debian's Prometheus stack: promtool and amtool for rule checks, real servers for end-to-end tests,
-# node_exporter and process-exporter as reference points; Chromium and its driver for the live page.
+# node_exporter and process-exporter as reference points; Chromium and its driver for the live page;
+# systemd-analyze and pipx for the deploy tests; FreeIPMI reads BMCs, OpenIPMI's ipmi_sim simulates one.
 deps:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for:$$missing"; \
 		$(SUDO) apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(DEBS); \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+			--no-install-recommends $(DEBS); \
+	fi; \
+	missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "still missing:$$missing"; \
+		case "$$CI" in 1|true|yes) exit 1;; esac; \
 	fi
 
-run: venv
+run: $(VENV)/.runtime
 	$(VENV)/bin/hoofhearted $(ARGS)
 
 test: venv deps
@@ -71,4 +90,4 @@ fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_fuzz.py
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .hypothesis build dist *.egg-info

@@ -19,9 +19,10 @@ def _stat_fields(pid):
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of a process (fields 14 and 15 of /proc/PID/stat)."""
+    """User + system CPU seconds of a process and of the children it waited for (fields 14 to 17 of
+    /proc/PID/stat): hoofhearted reads a BMC through a FreeIPMI process."""
     f = _stat_fields(pid)
-    return (int(f[11]) + int(f[12])) / CLK_TCK
+    return (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / CLK_TCK
 
 
 def status_bytes(pid, key):

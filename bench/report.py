@@ -198,6 +198,9 @@ def render(data):
     if data.get("gpu_refresh"):
         lines += ["", "NVIDIA refresh on fake GPUs (`python -m bench.gpu_refresh`):", "", "```",
                   data["gpu_refresh"], "```"]
+    if data.get("bmc_refresh"):
+        lines += ["", "BMC collector refresh on ipmi_sim (`python -m bench.bmc_refresh`; hoofhearted read the "
+                  "simulated BMC during the runs above):", "", "```", data["bmc_refresh"], "```"]
     return "\n".join(lines) + "\n"
 
 

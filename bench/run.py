@@ -130,7 +130,7 @@ def cpu_window(exps, seconds, interval):
 
 
 def measure_run(n_extra, args, reaper, workdir, log):
-    hh = ex.start_hoofhearted(reaper, workdir)
+    hh = ex.start_hoofhearted(reaper, workdir, getattr(args, "hh_args", ()))
     exps = [hh]
     try:
         exps.append(ex.start_node_exporter(reaper, workdir))
@@ -176,17 +176,15 @@ def run_bench(args, reaper, workdir):
     log(report.machine_line(info))
     info["args"] = {k: v for k, v in vars(args).items() if k in ("procs", "runs", "scrapes", "anchor_seconds",
                                                                     "cpu_seconds", "interval", "quick")}
-    data = {"machine": info, "results": {}, "gpu_refresh": None}
-    for n in args.procs:
-        with IdleProcesses(reaper, n):
-            log(f"+{n} idle processes ({count_processes()} in all)")
-            runs = data["results"][str(n)] = []
-            for i in range(args.runs):
-                log(f" run {i + 1}/{args.runs}")
-                runs.append(measure_run(n, args, reaper, workdir, log))
-                info["loadavg_end"] = os.getloadavg()
-                save(args, data)        # what is measured survives an interruption
+    data = {"machine": info, "results": {}, "gpu_refresh": None, "bmc_refresh": None}
+    sim = bmc_simulator(args, workdir, log)
+    try:
+        _runs(args, reaper, workdir, log, data, info)
+    finally:
+        if sim:
+            sim.stop()
     data["gpu_refresh"] = gpu_refresh()
+    data["bmc_refresh"] = bmc_refresh()
     data["live_clients"] = live_clients(args.quick)
     log(data["live_clients"])
     save(args, data)
@@ -196,6 +194,44 @@ def run_bench(args, reaper, workdir):
         report.write(args.out, text)
         log(f"wrote {args.out}")
     return 0
+
+
+def bmc_simulator(args, workdir, log):
+    """hoofhearted reads a simulated BMC (ipmi_sim over RMCP+) during the runs, when one can start."""
+    if not shutil.which("ipmi_sim") or not (shutil.which("ipmi-sensors") or os.path.exists("/usr/sbin/ipmi-sensors")):
+        log("no ipmi_sim or ipmi-sensors: the BMC collector has nothing to read (make deps)")
+        return None
+    sys.path.insert(0, os.path.join(ex.ROOT, "tests"))
+    from bmcsim import PASSWORD, USER, DeadBMC, IPMISim
+    sim, dead = IPMISim(os.path.join(workdir, "ipmi_sim")), DeadBMC()
+    pw = os.path.join(workdir, "bmc.pw")
+    with open(pw, "w") as f:
+        f.write(PASSWORD)
+    conf = os.path.join(workdir, "bmc.yml")
+    target = {"host": "127.0.0.1", "username": USER, "password_file": pw, "workaround_flags": ["opensesspriv"]}
+    with open(conf, "w") as f:
+        json.dump({"bmc": {"ipmi": {"targets": [dict(target, name="sim", port=sim.port),
+                                                dict(target, name="gone", port=dead.port)]}}}, f)
+    args.hh_args = (f"--config.file={conf}",)
+    log(f"BMC collector reads ipmi_sim on 127.0.0.1:{sim.port} and a BMC that never answers on port {dead.port}")
+
+    class Both:
+        def stop(self):
+            sim.stop()
+            dead.stop()
+    return Both()
+
+
+def _runs(args, reaper, workdir, log, data, info):
+    for n in args.procs:
+        with IdleProcesses(reaper, n):
+            log(f"+{n} idle processes ({count_processes()} in all)")
+            runs = data["results"][str(n)] = []
+            for i in range(args.runs):
+                log(f" run {i + 1}/{args.runs}")
+                runs.append(measure_run(n, args, reaper, workdir, log))
+                info["loadavg_end"] = os.getloadavg()
+                save(args, data)        # what is measured survives an interruption
 
 
 def save(args, data):
@@ -216,6 +252,16 @@ def gpu_refresh():
         return (out.stdout + (out.stderr if out.returncode else "")).strip()
     except subprocess.TimeoutExpired:
         return "bench/gpu_refresh.py timed out"
+
+
+def bmc_refresh():
+    """Output of bench/bmc_refresh.py: the BMC collector's refresh cost on ipmi_sim."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "bench.bmc_refresh"], cwd=ex.ROOT, capture_output=True,
+                             text=True, timeout=120)
+        return (out.stdout + (out.stderr if out.returncode else "")).strip()
+    except subprocess.TimeoutExpired:
+        return "bench/bmc_refresh.py timed out"
 
 
 def live_clients(quick):

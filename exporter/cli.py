@@ -27,15 +27,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def _flag_map():
-    """Flags with a config path: --web.listen-address -> ("web", "listen_address")."""
+    """Flags with a config path: dest -> (the flag as typed, config path)."""
     return {
-        "web.listen_address": ("web", "listen_address"),
-        "web.config_file": ("web", "config_file"),
-        "web.max_requests": ("web", "max_requests"),
-        "path.procfs": ("paths", "procfs"),
-        "path.sysfs": ("paths", "sysfs"),
-        "path.rootfs": ("paths", "rootfs"),
-        "log.level": ("log", "level"),
+        "web.listen_address": ("--web.listen-address", ("web", "listen_address")),
+        "web.config_file": ("--web.config.file", ("web", "config_file")),
+        "web.max_requests": ("--web.max-requests", ("web", "max_requests")),
+        "path.procfs": ("--path.procfs", ("paths", "procfs")),
+        "path.sysfs": ("--path.sysfs", ("paths", "sysfs")),
+        "path.rootfs": ("--path.rootfs", ("paths", "rootfs")),
+        "log.level": ("--log.level", ("log", "level")),
     }
 
 
@@ -55,26 +55,27 @@ def run_parser():
     p.add_argument("--path.rootfs", dest="path.rootfs", metavar="DIR",
                    help="root filesystem mount point, for filesystem sizes (default /)")
     p.add_argument("--log.level", dest="log.level", metavar="LEVEL", help="debug, info, warning or error")
+    group = p.add_argument_group("collectors", "every collector is on unless the configuration turns it "
+                                 "off; these flags override it")
     for name in REGISTRY:
-        p.add_argument(f"--collector.{name}", dest=f"collector.{name}", action="store_const", const=True,
-                       help=f"enable the {name} collector")
-        p.add_argument(f"--no-collector.{name}", dest=f"collector.{name}", action="store_const", const=False,
-                       help=argparse.SUPPRESS)
+        # --collector.NAME and --no-collector.NAME, listed together
+        group.add_argument(f"--collector.{name}", dest=f"collector.{name}", action=argparse.BooleanOptionalAction,
+                           default=None, help=f"enable or disable the {name} collector")
     return p
 
 
 def parse_run_args(argv, environ):
     args = vars(run_parser().parse_args(argv))
-    flags = {}
-    for dest, path in _flag_map().items():
+    flags, names = {}, {}
+    for dest, (flag, path) in _flag_map().items():
         if args.get(dest) is not None:
-            flags[path] = args[dest]
+            flags[path], names[path] = args[dest], flag
     for name in REGISTRY:
         if args.get(f"collector.{name}") is not None:
             flags[("collectors", name, "enabled")] = args[f"collector.{name}"]
     file = args["config_file"] or environ.get("HOOFHEARTED_CONFIG_FILE")
     env = {k: v for k, v in environ.items() if k != "HOOFHEARTED_CONFIG_FILE"}
-    return cfgmod.build(file=file, environ=env, flags=flags)
+    return cfgmod.build(file=file, environ=env, flags=flags, flag_names=names)
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -208,10 +209,18 @@ def check_config(argv):
         return 0
     if not args.file:
         raise UsageError("check-config: a FILE to check is required")
-    cfg = cfgmod.build(file=args.file, environ={})
+    errors = []
+    cfg = cfgmod.build(file=args.file, environ={}, errors=errors)
     if cfg["web"]["config_file"]:
         from .webconfig import load_web_config
-        load_web_config(cfg["web"]["config_file"])
+        try:
+            load_web_config(cfg["web"]["config_file"])
+        except cfgmod.ConfigError as e:
+            errors.append(e)
+    if errors:
+        for e in errors:          # every one, so a file is fixed in one go
+            print(f"hoofhearted: error: {e}", file=sys.stderr)
+        return 2
     print(f"{args.file}: OK")
     return 0
 

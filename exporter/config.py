@@ -201,6 +201,116 @@ def _url(v):
     return re.match(r"^https?://[^\s/]+", v) is not None
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$")
+
+
+class TargetsField(Field):
+    """A list of BMC targets, each a mapping with known keys. From the environment or a flag
+    the list is YAML (flow style: ``[{name: a, host: 10.0.0.5, ...}]``)."""
+
+    def __init__(self, keys, required):
+        super().__init__("targets", [])
+        self.keys = keys              # key -> (kind, check, expect, default)
+        self.required = required
+
+    def parse(self, key, value, from_text=False):
+        if from_text:
+            try:
+                value = yaml.safe_load(value) if value.strip() else []
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: expected a YAML list of targets") from None
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of targets, got {type(value).__name__}")
+        out = []
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: expected a mapping, got {type(item).__name__}")
+            target = {}
+            for k, v in item.items():
+                spec = self.keys.get(str(k))
+                if spec is None:
+                    hint = " (passwords come only from password_file or password_env)" \
+                        if str(k) == "password" else ""
+                    raise ConfigError(f"{where}.{k}: unknown key{hint}")
+                kind, check, expect, _ = spec
+                ok, v = _coerce(kind, v)
+                if not ok or (check and not check(v)):
+                    shown = "(hidden)" if "password" in str(k) else repr(v)
+                    raise ConfigError(f"{where}.{k}: expected {expect or _WORDS[kind]}, got {shown}")
+                target[str(k)] = v
+            for k in self.required:
+                if k not in target:
+                    raise ConfigError(f"{where}.{k}: required")
+            if "password_file" in target and "password_env" in target:
+                raise ConfigError(f"{where}: password_file and password_env are exclusive")
+            for k, (_, _, _, default) in self.keys.items():
+                target.setdefault(k, default)
+            out.append(target)
+        names = [t["name"] for t in out]
+        for n in names:
+            if names.count(n) > 1:
+                raise ConfigError(f"{key}: target name {n!r} used twice")
+        return out
+
+
+def _target_name(v):
+    return _NAME.match(v) is not None and v != "local"
+
+
+def _host(v):
+    return re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", v) is not None
+
+
+def _port(v):
+    return 0 < v < 65536
+
+
+def _bmc_url(v):
+    return re.match(r"^https?://[^\s/@]+(/|$)", v) is not None
+
+
+def _local(v):
+    return v in (True, False, "auto")
+
+
+class TristateField(Field):
+    def parse(self, key, value, from_text=False):
+        if from_text:
+            low = value.strip().lower()
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(low, low)
+        if not _local(value):
+            raise ConfigError(f"{key}: expected auto, true or false, got {value!r}")
+        return value
+
+
+_SECRET_KEYS = {
+    "username": ("str", None, None, None),
+    "password_file": ("str", None, None, None),
+    "password_env": ("str", lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+                     "an environment variable name", None),
+    "timeout_seconds": ("float", _positive, "a positive number of seconds", None),
+}
+IPMI_TARGET = TargetsField({
+    "name": ("str", _target_name, "a short name: letters, digits, '.', '_', '-' (not 'local')", None),
+    "host": ("str", _host, "a host name or IP address", None),
+    "port": ("int", _port, "a UDP port", 623),
+    "privilege": ("str", lambda v: v in ("user", "operator", "admin"), "user, operator or admin", "user"),
+    "workaround_flags": ("list_str", None, None, []),
+    **_SECRET_KEYS,
+}, required=("name", "host"))
+REDFISH_TARGET = TargetsField({
+    "name": ("str", _target_name, "a short name: letters, digits, '.', '_', '-' (not 'local')", None),
+    "url": ("str", _bmc_url, "an http(s) URL without credentials, e.g. https://10.0.0.5", None),
+    "verify_tls": ("bool", None, None, True),
+    "ca_file": ("str", None, None, None),
+    "auth": ("str", lambda v: v in ("basic", "session"), "basic or session", "basic"),
+    **_SECRET_KEYS,
+}, required=("name", "url"))
+
+
 # Default tier per collector (declared with the collector); unknown collectors in the config are an error.
 COLLECTOR_TIERS = DEFAULT_TIERS
 
@@ -276,6 +386,18 @@ SCHEMA = {
         "token_file": Field("str", None, nullable=True),
         "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds", lo=0.05, hi=60),
     },
+    "bmc": {
+        "timeout_seconds": Field("float", 3.0, _positive, "a positive number of seconds", lo=0.05, hi=300),
+        "ipmi": {
+            "local": TristateField("tristate", "auto"),
+            "device": Field("str", "/dev/ipmi0"),
+            "ipmi_sensors": Field("str", "ipmi-sensors"),
+            "targets": IPMI_TARGET,
+        },
+        "redfish": {
+            "targets": REDFISH_TARGET,
+        },
+    },
 }
 
 
@@ -303,11 +425,19 @@ def _set(d, path, value):
     d[path[-1]] = value
 
 
-def _flatten(data, prefix=()):
+def _report(errors, err):
+    """Raise a ConfigError, or collect it when the caller wants every error (check-config)."""
+    if errors is None:
+        raise err
+    errors.append(err)
+
+
+def _flatten(data, prefix=(), errors=None):
     """Nested YAML mapping -> {path: value}, naming unknown keys."""
     if not isinstance(data, dict):
         where = ".".join(prefix) or "top level"
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        _report(errors, ConfigError(f"{where}: expected a mapping, got {type(data).__name__}"))
+        return
     for key, val in data.items():
         path = prefix + (str(key),)
         dotted = ".".join(prefix + (key_shown(key),))
@@ -316,9 +446,9 @@ def _flatten(data, prefix=()):
         elif any(p[:len(path)] == path for p in FIELDS):
             if val is None:
                 continue
-            yield from _flatten(val, path)
+            yield from _flatten(val, path, errors)
         else:
-            raise ConfigError(f"{dotted}: unknown key")
+            _report(errors, ConfigError(f"{dotted}: unknown key"))
 
 
 _QUOTED = re.compile(r"""\s*(?:'[^']*'|"[^"]*"|%r)""")
@@ -392,17 +522,26 @@ def read_yaml(path, what="config file", error=ConfigError, regular_only=False):
         raise error(f"{what} {path}: bad YAML: {e}") from None
 
 
-def load_file(path):
+def _parse_all(items, errors):
+    """{path: parsed value} of (path, name for messages, value, from_text) items."""
+    out = {}
+    for p, name, v, from_text in items:
+        try:
+            out[p] = FIELDS[p].parse(name, v, from_text=from_text)
+        except ConfigError as e:
+            _report(errors, e)
+    return out
+
+
+def load_file(path, errors=None):
     """Read and validate a YAML config file into {path: value} overrides."""
     data = read_yaml(path)
     if data is None:
         return {}
-    out = {}
-    try:
-        for p, v in _flatten(data):
-            out[p] = FIELDS[p].parse(".".join(p), v)
-    except ConfigError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
+    mine = []     # every message names the file
+    out = _parse_all(((p, ".".join(p), v, False) for p, v in _flatten(data, errors=mine)), mine)
+    for e in mine:
+        _report(errors, ConfigError(f"config file {path}: {e}"))
     return out
 
 
@@ -410,31 +549,35 @@ def env_name(path):
     return "HOOFHEARTED_" + "_".join(path).upper()
 
 
-def from_env(environ):
+def from_env(environ, errors=None):
     known = {env_name(p): p for p in FIELDS}
-    out = {}
+    items = []
     for key, val in environ.items():
         if not key.startswith("HOOFHEARTED_"):
             continue
         if key not in known:
-            raise ConfigError(f"{key}: unknown environment variable")
-        p = known[key]
-        out[p] = FIELDS[p].parse(key, val, from_text=True)
-    return out
+            _report(errors, ConfigError(f"{key}: unknown environment variable"))
+            continue
+        items.append((known[key], key, val, True))
+    return _parse_all(items, errors)
 
 
-def build(file=None, environ=None, flags=None):
+def build(file=None, environ=None, flags=None, flag_names=None, errors=None):
     """Merge defaults < file < environment < flags into one validated nested dict.
 
-    ``flags`` is {path tuple: value} with values already typed or as text.
+    ``flags`` is {path tuple: value} with values already typed or as text; ``flag_names``
+    {path tuple: "--flag.name"} spells them in messages as the user typed them. With an
+    ``errors`` list, every bad setting is appended to it and the rest still merged; without,
+    the first one raises.
     """
     cfg = defaults()
+    names = flag_names or {}
     layers = []
     if file:
-        layers.append(load_file(file))
-    layers.append(from_env(environ if environ is not None else os.environ))
-    layers.append({p: FIELDS[p].parse("--" + ".".join(p), v, from_text=isinstance(v, str))
-                   for p, v in (flags or {}).items()})
+        layers.append(load_file(file, errors))
+    layers.append(from_env(environ if environ is not None else os.environ, errors))
+    layers.append(_parse_all(((p, names.get(p, "--" + ".".join(p)), v, isinstance(v, str))
+                              for p, v in (flags or {}).items()), errors))
     for layer in layers:
         for p, v in layer.items():
             _set(cfg, p, v)
@@ -454,6 +597,7 @@ SECTION_DOCS = {
     "process": "per-process series: top N by CPU and by memory, everything else in groups",
     "gpu": "per-process GPU series per GPU",
     "grafana_live": "push the critical tier to Grafana Live (off unless url is set)",
+    "bmc": "server BMCs over IPMI and Redfish; passwords only from password_file or password_env",
 }
 
 

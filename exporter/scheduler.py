@@ -17,6 +17,11 @@ from .collectors.base import gauge
 
 log = logging.getLogger("hoofhearted.scheduler")
 
+RENDERERS = {"text": render.text_parts, "openmetrics": render.openmetrics_parts}
+# a refresh renders the formats scrapes asked for within this many seconds
+FORMAT_MEMORY = 300.0
+ESCALATION_LOG_INTERVAL = 60.0
+
 
 def limit_malloc_arenas(n=1):
     """glibc gives each allocating thread its own malloc arena (up to 8 per core), and each arena
@@ -41,10 +46,9 @@ class Job:
         self.clock = clock
         self.wall = wall
         self.escalated = False
-        self.parts = []              # render.text_parts of the last good refresh
         self.families = []
-        self._om = (None, [])        # (families, their render.openmetrics_parts), made on demand
-        self.render_openmetrics = False  # set once a scrape asked for OpenMetrics (Prometheus does)
+        self._rendered = {}          # format -> (families, their parts), the last good refresh's
+        self.asked = {}              # format -> when a scrape last asked for it (monotonic)
         self.version = 0
         self.runs = 0
         self.success = None          # None: never ran
@@ -66,9 +70,10 @@ class Job:
         self.running_since = start
         try:
             families = self.collector.refresh(start)
-            parts = render.text_parts(families)
-            # here rather than in the next scrape, once scrapes ask for it
-            om = render.openmetrics_parts(families) if self.render_openmetrics else None
+            # here rather than in the next scrape: the formats scraped lately (Prometheus asks for
+            # OpenMetrics), text until a scrape says
+            formats = [f for f, t in self.asked.items() if start - t <= FORMAT_MEMORY] or ["text"]
+            rendered = {f: (families, RENDERERS[f](families)) for f in formats}
         except Exception as e:  # a collector must never take the exporter down
             self.running_since = None
             self.duration = self.clock() - start
@@ -80,9 +85,8 @@ class Job:
         self.runs += 1
         if self.success is False:
             log.info("collector recovered collector=%s", self.name)
-        self.families, self.parts = families, parts
-        if om is not None:
-            self._om = (families, om)
+        self.families = families
+        self._rendered.update(rendered)
         self.success, self.error = True, None
         self.last_success = start
         self.last_success_wall = self.wall()
@@ -108,12 +112,14 @@ class Job:
     def ok(self, now):
         return bool(self.success) and not self.timed_out(now)
 
-    def openmetrics_parts(self):
-        """OpenMetrics parts of the last good refresh, rendered once on the first scrape asking."""
+    def parts(self, fmt, now):
+        """render parts of the last good refresh in a format ("text" or "openmetrics"); rendered
+        here only when no refresh since the format was last asked for has."""
+        self.asked[fmt] = now
         families = self.families
-        cached = self._om
-        if cached[0] is not families:
-            cached = self._om = (families, render.openmetrics_parts(families))
+        cached = self._rendered.get(fmt)
+        if cached is None or cached[0] is not families:
+            cached = self._rendered[fmt] = (families, RENDERERS[fmt](families))
         return cached[1]
 
 
@@ -140,6 +146,8 @@ class Scheduler:
             if job.leader is not None:
                 job.leader.followers.append(job)
         self.hot_reasons = frozenset()
+        self._esc_logged_at = None
+        self._esc_unlogged = 0
         self.on_refresh = on_refresh or []
         self.extra = []     # stages and sinks with metric families of their own (.parts(), .om_parts(), .version)
         self._cond = threading.Condition()
@@ -179,15 +187,26 @@ class Scheduler:
         reasons = frozenset(reasons)
         if reasons == self.hot_reasons:
             return
-        if reasons:
-            log.warning("escalating refresh to critical interval reasons=%s", ",".join(sorted(reasons)))
-        else:
-            log.info("cooled down, back to normal refresh intervals")
+        self._log_escalation(reasons)
         with self._cond:
             self.hot_reasons = reasons
             for job in self.jobs:
                 job.escalated = bool(reasons)
             self._cond.notify_all()
+
+    def _log_escalation(self, reasons):
+        """Escalation on and off at info, at most one line a minute: a reading hovering at its
+        threshold flips it every refresh. The next line counts the changes left out."""
+        now = self.clock()
+        if self._esc_logged_at is not None and now - self._esc_logged_at < ESCALATION_LOG_INTERVAL:
+            self._esc_unlogged += 1
+            return
+        more = f" unlogged_changes={self._esc_unlogged}" if self._esc_unlogged else ""
+        if reasons:
+            log.info("escalating refresh to critical interval reasons=%s%s", ",".join(sorted(reasons)), more)
+        else:
+            log.info("cooled down, back to normal refresh intervals%s", more)
+        self._esc_logged_at, self._esc_unlogged = now, 0
 
     def _loop(self, job):
         while True:
@@ -267,15 +286,13 @@ class Scheduler:
                 return self._cache
         meta = self.meta_families(now)
         fresh = [job for job, (_, _, stale) in zip(self.jobs, state) if not stale]
+        fmt = "openmetrics" if openmetrics else "text"
+        for job in self.jobs:      # stale ones too: they render it once they recover
+            job.asked[fmt] = now
+        extra = [x.om_parts() if openmetrics else x.parts() for x in self.extra]
+        body = render.join_parts([job.parts(fmt, now) for job in fresh] + extra + [RENDERERS[fmt](meta)])
         if openmetrics:
-            for job in self.jobs:
-                job.render_openmetrics = True
-            parts = ([job.openmetrics_parts() for job in fresh] + [x.om_parts() for x in self.extra]
-                     + [render.openmetrics_parts(meta)])
-            body = render.join_parts(parts) + b"# EOF\n"
-        else:
-            body = render.join_parts([job.parts for job in fresh] + [x.parts() for x in self.extra]
-                                     + [render.text_parts(meta)])
+            body += b"# EOF\n"
         cached = {"identity": body}
         with self._cache_lock:
             self._cache_key, self._cache = key, cached

@@ -94,10 +94,10 @@ class BadRequest(Exception):
 
 
 class Request:
-    __slots__ = ("method", "path", "minor", "headers", "keep_alive", "deadline")
+    __slots__ = ("method", "path", "headers", "keep_alive", "deadline")
 
-    def __init__(self, method, path, minor, headers, keep_alive):
-        self.method, self.path, self.minor = method, path, minor
+    def __init__(self, method, path, headers, keep_alive):
+        self.method, self.path = method, path
         self.headers, self.keep_alive = headers, keep_alive
         self.deadline = None
 
@@ -153,7 +153,7 @@ def parse_head(head):
             raise BadRequest(400, "bad request target")
         path = target[m.end():] or "/"
     path = path.split("?", 1)[0].split("#", 1)[0]
-    return Request(method, path, minor, headers, keep_alive)
+    return Request(method, path, headers, keep_alive)
 
 
 def _head_end(buf):
@@ -436,7 +436,6 @@ class Connection(asyncio.Protocol):
             if ok is None:
                 budget = "failing" if self.failed_auth else "checks"
                 if srv.in_flight[budget] >= srv.limits[budget]:
-                    srv.rejected += 1
                     self._respond(503, b"too many password checks in flight\n", close=True)
                     return
                 self.state = "busy"
@@ -630,7 +629,6 @@ class Server:
         self.in_flight = {"checks": 0, "failing": 0}
         self.limits = {"checks": max(1, min(max_requests, 8)), "failing": max(1, min(max_requests, 2))}
         self.requests = 0
-        self.rejected = 0
         self.loop = None
         self._thread = None
         self._started = threading.Event()

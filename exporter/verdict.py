@@ -530,6 +530,8 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
             units = culprits(table.procs.values(), proc_c.rates, entries, ncores, len(gpu_list), names=names)
             if cache is not None:
                 cache.update(key=key, units=units)
+        if power is not None and power_complete(power, gpu_list):
+            units = by_watts(units, power)
         for rank, u in enumerate(units[:SHOWN], 1):
             c = {"rank": rank, "kind": u.kind, "name": u.name, "user": u.user, "owner": u.owner, "pid": u.pid,
                  "processes": len(u.procs), "cores": u.cores, "memory_bytes": u.memory, "gpu": u.gpu,
@@ -546,6 +548,18 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
         report["notes"].append(f"No temperature or fan readings: {reason}.")
     report["sentence"] = sentence(report, power)
     return report
+
+
+def power_complete(power, gpu_list):
+    """Power is known for the CPU packages and every GPU: watts can rank culprits across both."""
+    return bool(power.packages()) and all(g.get("power_watts") is not None for g in gpu_list) and \
+        sum(1 for d in power.domains if d.kind == "gpu") >= len(gpu_list)
+
+
+def by_watts(units, power):
+    """Culprits ranked by the watts attributed to them over every domain; share breaks ties."""
+    watts = {id(u): sum((power.watts_of([p.pid for p in u.procs]) or {}).values()) for u in units}
+    return sorted(units, key=lambda u: (-round(watts[id(u)], 1), -u.score, -u.memory, u.pid or 0, u.name))
 
 
 def power_report(power):

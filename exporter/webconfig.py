@@ -635,7 +635,6 @@ class ServerSecurity:
         self._stop = threading.Event()
         self._thread = None
         self.checker = Checker()
-        self.reloads = 0
         if path:
             log.info("web config loaded file=%s %s", path, self.current.describe())
 
@@ -716,7 +715,6 @@ class ServerSecurity:
             self._sig = _signature(new.files)
             self._bad_sig = None
             self.current = new
-            self.reloads += 1
         change = _posture_change(old, new)
         if change:
             log.warning("web config security changed file=%s change=%r", self.path, change)

@@ -442,12 +442,12 @@ def heat_row(b):
     b.row("What heats this box: power by part and by process (estimates)")
     b.add(stat("Power by part", targets(
         (f"hoofhearted_cpu_power_watts{{{I}, {PACKAGES}}}", "CPU {{domain}}"),
-        (f"hoofhearted_gpu_power_watts{{{IG}}}", "GPU{{gpu}}")), unit="watt", decimals=0, graph="area",
+        (f"hoofhearted_gpu_power_watts{{{IG}}}", "GPU{{gpu}}"), instant=True), unit="watt", decimals=0,
         description="Measured power of each CPU package (RAPL) and GPU. Nothing here for the CPU when "
                     "hoofhearted_rapl_readable is 0: the exporter's log says why."), 8, 7)
     b.add(stat("Culprits' watts", targets(
         (f"hoofhearted_culprit_power_watts{{{I}}} * on(instance, job, rank) group_left(kind, name, user) "
-         f"hoofhearted_culprit_info{{{I}}}", "{{rank}}. {{name}} ({{user}})")), unit="watt", decimals=1,
+         f"hoofhearted_culprit_info{{{I}}}", "{{rank}}. {{name}} ({{user}})"), instant=True), unit="watt", decimals=1,
         graph="none", color="value", steps=thresholds(("text", None)),
         description="Watts the verdict's culprits draw in CPU packages, DRAM and GPUs (estimates)."), 16, 7)
     b.add(power_by_process("CPU package power by process (stacked)", PACKAGES,
@@ -728,8 +728,9 @@ def fleet():
 
 def exporter():
     b = Board("hoofhearted-exporter", "Exporter health", "Is hoofhearted itself healthy: hosts down, failing "
-              "collectors, refresh durations, tier intervals, scrape latency, Grafana Live pushes. At fleet "
-              "size the graphs show the 10 worst hosts or collectors of the range.", [INSTANCES], [], refresh="1m")
+              "collectors, BMCs not answering, refresh durations, tier intervals, scrape latency, Grafana Live "
+              "pushes. At fleet size the graphs show the 10 worst hosts or collectors of the range.", [INSTANCES], [],
+              refresh="1m")
     b.add(stat("Hosts down", targets((f"up{{{I}}} == 0", "{{instance}}"), instant=True), text="name",
                steps=thresholds(("red", None)), no_data="All up"), 8, 4)
     b.add(stat("Refresh escalated", targets((f"hoofhearted_escalation_active{{{I}}} == 1", "{{instance}}"),
@@ -747,6 +748,13 @@ def exporter():
         no_data=NO_FAILURES,
         description="Only collectors that failed at least once in the range. Red: the refresh failed, or is "
                     "hanging past its timeout."), 24, 8)
+    b.add(state_timeline("BMCs not answering", targets(
+        (f"hoofhearted_bmc_up{{{I}}} and on (instance, job, bmc) "
+         f"(min_over_time(hoofhearted_bmc_up{{{I}}}[$__range] @ end()) == 0)",
+         "{{instance}} {{bmc}}")), OK_BAD, steps=thresholds(("red", None), ("green", 1)),
+        no_data="Every BMC answers (or none is read)",
+        description="Only BMCs (IPMI or Redfish) that failed or did not answer in time at least once in the "
+                    "range; the exporter's log says why."), 24, 6)
     by_collector = "instance, job, collector"
     b.add(timeseries("Refresh duration (slowest 10)", targets(
         (top_over_range(f"hoofhearted_collector_duration_seconds{{{I}}}", by_collector), "{{instance}} {{collector}}")),

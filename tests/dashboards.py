@@ -362,6 +362,9 @@ class Stack:
             if name == "host-a":
                 env["HOOFHEARTED_GRAFANA_LIVE_URL"] = self.receiver.url
                 env["HOOFHEARTED_GRAFANA_LIVE_TOKEN"] = "test-token"
+                # a server whose BMC device is missing: its local BMC reports down
+                env["HOOFHEARTED_BMC_IPMI_LOCAL"] = "true"
+                env["HOOFHEARTED_BMC_IPMI_DEVICE"] = os.path.join(self.dir, "ipmi0")
             exp = RunningExporter([f"--path.sysfs={sysfs}"], env=env)
             self.exporters.append(exp)
             exp.wait_ready()

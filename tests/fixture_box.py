@@ -146,6 +146,13 @@ def box_config(tmp):
     cfg["gpu"]["nvml_module"] = FAKE_NVML
     # nothing listens on the discard port: pushes fail fast and are counted
     cfg["grafana_live"].update(url="http://127.0.0.1:9", token="box")
+    # a server with a BMC: its device node (a file here) and FreeIPMI's output replayed, as captured
+    # from the simulated BMC of tests/bmcsim.py
+    device = os.path.join(tmp, "dev-ipmi0")
+    open(device, "w").close()
+    cfg["bmc"]["ipmi"].update(local=True, device=device,
+                              ipmi_sensors=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                        "fixtures", "bmc", "ipmi-sensors"))
     return cfg
 
 

@@ -45,6 +45,7 @@ def rows_from_families(pairs):
         prev = out.get(name)
         if prev:
             labels |= set(prev[2].split(", ")) - {""}
+            tier = prev[3]      # a family several collectors feed (hwmon and BMC fans): the first one's tier
         out[name] = (fam.type, unit_of(name, fam.type), ", ".join(sorted(labels)), tier,
                      fam.documentation)
     return out

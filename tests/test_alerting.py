@@ -35,6 +35,7 @@ ALERTS = {
     "Watchdog", "MonitoringTargetDown", "AlertNotificationsFailing", "PrometheusNotificationsFailing",
     "PrometheusRuleFailures", "GPUXidFatal", "GPUMemoryNeedsReset", "GPUMemoryRemapFailed", "GPUPCIeLinkDegraded",
     "ProcessGroupPowerHigh",
+    "BMCDown",
 }
 # Alerts that cannot carry a target label: absent() has no series to take it from; Watchdog is vector(1).
 NO_TARGET_LABELS = {"ExporterTargetsMissing", "Watchdog"}

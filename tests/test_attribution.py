@@ -256,3 +256,25 @@ def test_drm_engines_and_colliding_gpu_labels():
     assert doms["gpu0/amd-1"].processes == {9: pytest.approx(50.0)}        # the busiest engine: gfx
     assert (doms["gpu0/amd-1"].idle, doms["gpu0/amd-1"].other) == (pytest.approx(40.0), pytest.approx(10.0))
     assert doms["gpu0/GPU-1"].processes == {4242: pytest.approx(279.0)}   # SM, not memory
+
+
+def test_with_power_known_everywhere_culprits_rank_by_watts():
+    """64 cores: 40 busy cores are 62 % of the CPU and draw 40/64 of a 200 W package (125 W); half
+    of a 400 W GPU is a smaller share of the machine and draws more (200 W)."""
+    host = HOST.replace("hoofhearted_cpu_cores 2", "hoofhearted_cpu_cores 64").replace("0.57", "0.7")
+    gpu = ('hoofhearted_gpu_info{gpu="0",uuid="GPU-1",name="H100",vendor="nvidia",driver_version="1",'
+           'pci_bus_id="x"} 1\nhoofhearted_gpu_utilization_ratio{gpu="0",uuid="GPU-1"} 0.5\n'
+           'hoofhearted_gpu_power_watts{gpu="0",uuid="GPU-1"} 400\n')
+    procs = [proc(10, "build"), proc(20, "infer")]
+    entries = [("0", "GPU-1", 20, "infer", "root", "", None, {"sm": 0.5})]
+    rapl = 'hoofhearted_cpu_power_watts{domain="package-0"} 200\n'
+    r, power = run_power(procs, {10: 40.0, 20: 0.1}, rapl=rapl, host=host, gpu_text=gpu, gpu_entries=entries)
+    by_name = {c["name"]: c for c in r["culprits"]}
+    assert by_name["build"]["watts"] == pytest.approx(125.0, rel=0.01)
+    assert by_name["infer"]["watts"] == pytest.approx(200.0 + 200 * 0.1 / 64, rel=0.01)
+    assert [c["name"] for c in r["culprits"][:2]] == ["infer", "build"]
+    # the same box without a GPU power reading: watts cannot compare the two, shares rank
+    r, _ = run_power(procs, {10: 40.0, 20: 0.1}, rapl=rapl, host=host,
+                     gpu_text=gpu.replace('hoofhearted_gpu_power_watts{gpu="0",uuid="GPU-1"} 400\n', ""),
+                     gpu_entries=entries)
+    assert [c["name"] for c in r["culprits"][:2]] == ["build", "infer"]

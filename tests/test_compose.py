@@ -1,9 +1,11 @@
 """docker-compose.yml, the Dockerfile and .env.example.
 
 No Docker engine runs here, so the stack is checked without one: the compose file against the
-compose specification's JSON schema (check-jsonschema), every mounted file and path the services
-read against the repository, the exporter's container command against the exporter's own flag
-parser, and the Alertmanager secrets entrypoint run for real with sh.
+compose specification's JSON schema (check-jsonschema; the same schema Compose v2's own loader,
+compose-go, validates with: neither compose-go nor Compose v2 is packaged in Debian 12 or on
+PyPI, and Debian's docker-compose 1.29 rejects the file's top-level `name:`), every mounted file
+and path the services read against the repository, the exporter's container command against the
+exporter's own flag parser, and the Alertmanager secrets entrypoint run for real with sh.
 """
 import glob
 import os

@@ -94,9 +94,21 @@ def test_cli_unknown_flag():
     assert_one_line_exit_2(r, "--web.listen-adress")
 
 
-def test_cli_bad_listen_address():
+def test_cli_bad_flag_values_name_the_flag_as_typed():
     r = run_cli("--web.listen-address=localhost")
-    assert_one_line_exit_2(r, "listen_address", "host:port")
+    assert_one_line_exit_2(r, "hoofhearted: error: --web.listen-address: expected host:port, got 'localhost'")
+    r = run_cli("--web.max-requests=0")
+    assert_one_line_exit_2(r, "hoofhearted: error: --web.max-requests: expected a positive integer, got 0")
+    r = run_cli("--log.level=loud")
+    assert_one_line_exit_2(r, "hoofhearted: error: --log.level: expected one of debug, info, warning, error")
+
+
+def test_help_lists_every_collector_flag_both_ways():
+    from exporter.collectors import REGISTRY
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for name in REGISTRY:
+        assert f"--collector.{name}, --no-collector.{name}" in r.stdout, name
 
 
 def test_cli_port_in_use():
@@ -116,6 +128,22 @@ def test_check_config(tmp_path):
     assert good.returncode == 0 and "OK" in good.stdout
     bad = run_cli("check-config", write(tmp_path, "process: {top_m: 5}\n", "bad.yml"))
     assert_one_line_exit_2(bad, "process.top_m: unknown key")
+
+
+def test_check_config_reports_every_error(tmp_path):
+    path = write(tmp_path, "process: {top_m: 5, top_n: -1, cmdline: maybe}\ntiers: {critical: 0}\nbogus: 1\n"
+                           "web: {listen_address: 'nowhere', max_requests: 8}\n")
+    r = run_cli("check-config", path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        "hoofhearted: error: process.top_m: unknown key",
+        "hoofhearted: error: process.top_n: expected a non-negative integer, got -1",
+        "hoofhearted: error: process.cmdline: expected true or false, got 'maybe'",
+        "hoofhearted: error: tiers.critical: expected a positive number of seconds, got 0.0",
+        "hoofhearted: error: bogus: unknown key",
+        "hoofhearted: error: web.listen_address: expected host:port, got 'nowhere'",
+    ]
+    assert r.stdout == ""
 
 
 def test_collector_flags_disable_and_enable(start_exporter):

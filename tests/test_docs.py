@@ -35,7 +35,7 @@ def test_live_metrics_are_all_in_the_table_and_vice_versa(tmp_path, start_export
     cfg = box_config(str(tmp_path))
     conf = tmp_path / "box.yml"
     fast = {"critical": 0.25, "important": 0.25, "standard": 0.25, "background": 0.5}
-    conf.write_text(yaml.safe_dump({"tiers": fast, **{k: cfg[k] for k in ("paths", "gpu", "grafana_live")}}))
+    conf.write_text(yaml.safe_dump({"tiers": fast, **{k: cfg[k] for k in ("paths", "gpu", "grafana_live", "bmc")}}))
     exp = start_exporter(f"--config.file={conf}")
     ticker = EnergyTicker(cfg["paths"]["sysfs"])      # RAPL counters move, so power exists
     documented = readme_rows(readme())

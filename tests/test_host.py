@@ -20,7 +20,7 @@ def registry(collector):
 
 def write_stat(root, total, cores):
     lines = ["cpu  " + " ".join(map(str, total))]
-    lines += [f"cpu{i} " + " ".join(map(str, c)) for i, c in enumerate(cores)]
+    lines += [f"cpu{i} " + " ".join(map(str, c + [0, 0])) for i, c in enumerate(cores)]
     lines += ["intr 1 2 3", "btime 1700000000"]
     (root / "stat").write_text("\n".join(lines) + "\n")
 
@@ -70,10 +70,30 @@ def test_memory_from_meminfo():
     kb = dict(re.findall(r"^(\w+):\s+(\d+) kB", open(os.path.join(PROCFS_FIXTURE, "meminfo")).read(), re.M))
     total = int(kb["MemTotal"]) * 1024
     assert reg.get_sample_value("hoofhearted_memory_total_bytes") == total == 15666184 * 1024
-    avail = int(kb.get("MemAvailable", 0)) * 1024 or (int(kb["MemFree"]) + int(kb["Buffers"]) + int(kb["Cached"])) * 1024
+    # this meminfo predates MemAvailable (Linux 3.14): psutil estimates it as the kernel does, from
+    # free memory above the zones' low watermarks (zoneinfo) plus reclaimable page cache and slab
+    assert "MemAvailable" not in kb
+    avail = 15140458496
     assert reg.get_sample_value("hoofhearted_memory_available_bytes") == avail
     assert reg.get_sample_value("hoofhearted_memory_used_bytes") == total - avail
-    assert reg.get_sample_value("hoofhearted_swap_total_bytes") == int(kb["SwapTotal"]) * 1024
+    assert reg.get_sample_value("hoofhearted_swap_total_bytes") == int(kb["SwapTotal"]) * 1024 == 0
+
+
+def test_memory_and_swap_with_mem_available(tmp_path):
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    9000000 kB\n"
+        "Buffers:          200000 kB\nCached:          3000000 kB\nSwapCached:            0 kB\n"
+        "Active:          5000000 kB\nInactive:        4000000 kB\nShmem:             10000 kB\n"
+        "Slab:             300000 kB\nSReclaimable:     200000 kB\n"
+        "SwapTotal:       2000000 kB\nSwapFree:        1500000 kB\n")
+    c = MemoryCollector(str(tmp_path))
+    reg = registry(c)
+    c.refresh(0.0)
+    assert reg.get_sample_value("hoofhearted_memory_total_bytes") == 16000000 * 1024
+    assert reg.get_sample_value("hoofhearted_memory_available_bytes") == 9000000 * 1024
+    assert reg.get_sample_value("hoofhearted_memory_used_bytes") == 7000000 * 1024
+    assert reg.get_sample_value("hoofhearted_swap_total_bytes") == 2000000 * 1024
+    assert reg.get_sample_value("hoofhearted_swap_used_bytes") == 500000 * 1024
 
 
 def test_disks_skip_partitions_and_virtual_devices():
@@ -107,13 +127,24 @@ def test_filesystems_only_device_backed(tmp_path):
     rootfs = tmp_path / "root"
     (rootfs / "data disk").mkdir(parents=True)
     c = FilesystemCollector(str(procfs), str(rootfs))
+    asked = []
+
+    def statvfs(path):      # fixed sizes: a real filesystem's free space moves between two calls
+        asked.append(path)
+        os.statvfs(path)    # still fails for a mount point missing under the root
+        blocks, free = (1000, 400) if path.endswith("data disk") else (5000, 100)
+        return os.statvfs_result((4096, 4096, blocks, free, free, 0, 0, 0, 0, 255))
+
+    c.statvfs = statvfs
     reg = registry(c)
     c.refresh(0.0)
-    st = os.statvfs(rootfs)
-    assert reg.get_sample_value("hoofhearted_filesystem_size_bytes", {"mountpoint": "/", "fstype": "ext4"}) == \
-        st.f_blocks * st.f_frsize
-    assert reg.get_sample_value("hoofhearted_filesystem_free_bytes", {"mountpoint": "/data disk", "fstype": "xfs"}) \
-        == st.f_bavail * st.f_frsize
+    assert asked == [os.path.join(str(rootfs), ""), os.path.join(str(rootfs), "data disk")]
+    size = {"mountpoint": "/", "fstype": "ext4"}
+    data = {"mountpoint": "/data disk", "fstype": "xfs"}
+    assert reg.get_sample_value("hoofhearted_filesystem_size_bytes", size) == 5000 * 4096
+    assert reg.get_sample_value("hoofhearted_filesystem_free_bytes", size) == 100 * 4096
+    assert reg.get_sample_value("hoofhearted_filesystem_size_bytes", data) == 1000 * 4096
+    assert reg.get_sample_value("hoofhearted_filesystem_free_bytes", data) == 400 * 4096
     assert {fs.fstype for fs in c.snapshot} == {"ext4", "xfs"}
 
 
@@ -245,3 +276,25 @@ def test_rapl_counter_wrap_keeps_total_growing(tmp_path):
     c.refresh(12.0)
     assert reg.get_sample_value("hoofhearted_cpu_energy_joules_total", {"domain": "package-0"}) == 1019.0
     assert reg.get_sample_value("hoofhearted_cpu_power_watts", {"domain": "package-0"}) == pytest.approx(10.0)
+
+
+def test_cpu_numbers_follow_the_online_list_when_cpus_are_offline(tmp_path):
+    #            user nice system idle iowait irq softirq steal guest guest_nice
+    write_stat(tmp_path, [30, 0, 0, 30, 0, 0, 0, 0, 0, 0],
+               [[10, 0, 0, 10, 0, 0, 0, 0], [10, 0, 0, 10, 0, 0, 0, 0], [10, 0, 0, 10, 0, 0, 0, 0]])
+    cpu = tmp_path / "sys" / "devices" / "system" / "cpu"
+    cpu.mkdir(parents=True)
+    (cpu / "online").write_text("0-1,3\n")      # cpu2 offline: /proc/stat lists cpu0, cpu1, cpu3
+    c = CPUCollector(str(tmp_path), str(tmp_path / "sys"))
+    c.refresh(0.0)
+    assert list(c.snapshot.cores) == ["0", "1", "3"]
+    write_stat(tmp_path, [60, 0, 0, 50, 0, 0, 0, 0, 0, 0],
+               [[10, 0, 0, 20, 0, 0, 0, 0], [20, 0, 0, 20, 0, 0, 0, 0], [30, 0, 0, 10, 0, 0, 0, 0]])
+    reg = registry(c)
+    c.refresh(1.0)
+    assert reg.get_sample_value("hoofhearted_cpu_core_usage_ratio", {"core": "0"}) == 0.0
+    assert reg.get_sample_value("hoofhearted_cpu_core_usage_ratio", {"core": "1"}) == 0.5
+    assert reg.get_sample_value("hoofhearted_cpu_core_usage_ratio", {"core": "3"}) == 1.0
+    assert reg.get_sample_value("hoofhearted_cpu_core_usage_ratio", {"core": "2"}) is None
+    assert reg.get_sample_value("hoofhearted_cpu_usage_ratio") == 30 / 50
+    assert reg.get_sample_value("hoofhearted_cpu_cores") == 3

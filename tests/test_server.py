@@ -1,7 +1,6 @@
 """The real exporter over HTTP: formats, encodings, endpoints, lint and duplicate checks."""
 import gzip
 import http.client
-import statistics
 import subprocess
 import time
 
@@ -76,7 +75,9 @@ def test_keep_alive_scrapes_do_not_stall(start_exporter):
         times.append(time.perf_counter() - t)
         assert resp.status == 200
     conn.close()
-    assert statistics.median(times) < 0.02, times
+    # with the stall every request waits out the client's 40 ms delayed ACK; the fastest one shows
+    # it whatever the load
+    assert min(times) < 0.02, times
 
 
 def test_promtool_check_metrics_is_clean(start_exporter, require_tool):

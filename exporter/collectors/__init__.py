@@ -29,6 +29,7 @@ COLLECTORS = {
     "amdgpu": Declared("exporter.collectors.gpu:AMDGPUCollector", "critical"),
     "intelgpu": Declared("exporter.collectors.gpu:IntelGPUCollector", "critical"),
     "gpu_process": Declared("exporter.collectors.gpu:GPUProcessCollector", "important"),
+    "bmc": Declared("exporter.collectors.bmc:BMCCollector", "background"),
 }
 
 REGISTRY = {name: d.factory for name, d in COLLECTORS.items()}

@@ -1,16 +1,37 @@
-"""Host counters straight from procfs and sysfs: CPU, load, memory, disks, filesystems, network.
+"""Host counters: CPU, load, memory, disks, filesystems, network.
 
-Read directly (as node_exporter does) rather than through psutil so the roots can be any
-directory: tests point them at fixture trees, containers at /host/proc and /host/sys.
+psutil reads CPU times, memory, swap, disk and network counters; its PROCFS_PATH is the
+configured procfs root (tests point it at fixture trees, containers at /host/proc). Read
+directly: the load average (psutil's is os.getloadavg(), the real host's whatever the root),
+CPU frequencies (psutil's paths are fixed to /sys) and the mount table (psutil reads
+<procfs>/self/mounts, which in a container is the container's own; the host's is
+<procfs>/1/mounts). docs/design.md has the measurements.
 """
 import os
 import re
 import stat
+import threading
+import warnings
 from dataclasses import dataclass, field
+
+import psutil
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")   # /proc/stat counts in USER_HZ ticks
 
-SECTOR_BYTES = 512
+_psutil_lock = threading.Lock()
+
+
+def with_procfs(procfs, fn, *args, **kwargs):
+    """Call a psutil function with PROCFS_PATH set to ``procfs``.
+
+    PROCFS_PATH is one global and collectors refresh in threads of their own (tests give them
+    different roots): one call at a time. psutil warns when a root lacks a file it wants
+    for a field we do not read (vmstat's swap-in counts): quietly."""
+    with _psutil_lock:
+        psutil.PROCFS_PATH = procfs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return fn(*args, **kwargs)
 
 
 SYSFS_LIMIT = 8192              # a sysfs attribute is at most a page
@@ -64,13 +85,19 @@ def read_table(path):
 
 @dataclass
 class CPUTimes:
-    """Jiffies from /proc/stat; busy excludes idle and iowait, guest is already inside user."""
+    """Clock ticks (as /proc/stat counts them) per CPU_MODES entry, from psutil's seconds;
+    busy excludes idle and iowait, guest is already inside user."""
     busy: int
     total: int
-    modes: tuple = ()     # jiffies per CPU_MODES entry
+    modes: tuple = ()     # ticks per CPU_MODES entry
 
 
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def _times(modes):
+    total = sum(modes)
+    return CPUTimes(busy=total - modes[3] - modes[4], total=total, modes=modes)
 
 
 @dataclass
@@ -81,29 +108,33 @@ class CPUSnapshot:
     load: tuple = None                               # (1m, 5m, 15m)
 
 
-def _times(fields):
-    vals = [int(x) for x in fields[:8]]
-    vals += [0] * (8 - len(vals))
-    user, nice, system, idle, iowait, irq, softirq, steal = vals
-    total = user + nice + system + idle + iowait + irq + softirq + steal
-    return CPUTimes(busy=total - idle - iowait, total=total, modes=tuple(vals))
+def _cpu_list(text):
+    """'0-3,5' (sysfs' online CPU list) -> ["0", "1", "2", "3", "5"]."""
+    out = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (hi.isdigit() or not hi):
+            out += [str(n) for n in range(int(lo), int(hi or lo) + 1)]
+        else:
+            return []
+    return out
 
 
 def read_cpu(procfs, sysfs):
-    text = read_table(os.path.join(procfs, "stat"))
-    if text is None:
-        raise OSError(f"cannot read {os.path.join(procfs, 'stat')}")
-    total, cores = None, {}
-    for line in text.splitlines():
-        if not line.startswith("cpu"):
-            continue
-        parts = line.split()
-        if parts[0] == "cpu":
-            total = _times(parts[1:])
-        else:
-            cores[parts[0][3:]] = _times(parts[1:])
-    if total is None:
-        raise ValueError("no cpu line in stat")
+    try:
+        per_cpu = with_procfs(procfs, psutil.cpu_times, percpu=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise OSError(f"cannot read {os.path.join(procfs, 'stat')}: {e}") from None
+    if not per_cpu:
+        raise ValueError("no cpu lines in stat")
+    # psutil numbers CPUs by position; with CPUs offline the kernel's numbers skip, and stat
+    # lists the online ones in order
+    names = _cpu_list(read_text(os.path.join(sysfs, "devices", "system", "cpu", "online")) or "")
+    if len(names) != len(per_cpu):
+        names = [str(i) for i in range(len(per_cpu))]
+    cores = {name: _times(tuple(round(getattr(t, m) * CLK_TCK) for m in CPU_MODES))
+             for name, t in zip(names, per_cpu)}
+    total = _times(tuple(sum(c.modes[i] for c in cores.values()) for i in range(len(CPU_MODES))))
     snap = CPUSnapshot(total=total, cores=cores)
     snap.frequency_hz = read_cpu_frequency(procfs, sysfs, cores)
     load = read_table(os.path.join(procfs, "loadavg"))
@@ -149,20 +180,12 @@ class MemorySnapshot:
 
 
 def read_memory(procfs):
-    text = read_table(os.path.join(procfs, "meminfo"))
-    if text is None:
-        raise OSError(f"cannot read {os.path.join(procfs, 'meminfo')}")
-    kb = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isascii() and parts[0].isdigit():
-            kb[key] = int(parts[0]) * 1024
-    available = kb.get("MemAvailable")
-    if available is None:  # kernels before 3.14
-        available = kb.get("MemFree", 0) + kb.get("Buffers", 0) + kb.get("Cached", 0)
-    return MemorySnapshot(total=kb["MemTotal"], available=available,
-                          swap_total=kb.get("SwapTotal", 0), swap_free=kb.get("SwapFree", 0))
+    try:
+        vm = with_procfs(procfs, psutil.virtual_memory)
+        swap = with_procfs(procfs, psutil.swap_memory)
+    except (OSError, KeyError, ValueError) as e:
+        raise OSError(f"cannot read {os.path.join(procfs, 'meminfo')}: {e!r}") from None
+    return MemorySnapshot(total=vm.total, available=vm.available, swap_total=swap.total, swap_free=swap.free)
 
 
 @dataclass
@@ -173,17 +196,14 @@ class DiskIO:
 
 
 def read_disks(procfs, exclude):
-    text = read_table(os.path.join(procfs, "diskstats"))
-    if text is None:        # a wrong --path.procfs is a failure, not a box without disks
+    if not os.path.isfile(os.path.join(procfs, "diskstats")):    # a wrong --path.procfs: a failure
         raise OSError(f"cannot read {os.path.join(procfs, 'diskstats')}")
+    try:
+        disks = with_procfs(procfs, psutil.disk_io_counters, perdisk=True, nowrap=False)
+    except (OSError, NotImplementedError, ValueError):
+        return []
     pattern = re.compile(exclude)
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 10 or pattern.match(parts[2]):
-            continue
-        out.append(DiskIO(parts[2], int(parts[5]) * SECTOR_BYTES, int(parts[9]) * SECTOR_BYTES))
-    return out
+    return [DiskIO(name, d.read_bytes, d.write_bytes) for name, d in disks.items() if not pattern.match(name)]
 
 
 @dataclass
@@ -239,17 +259,15 @@ class NetIO:
 
 
 def read_network(procfs, exclude):
-    # /proc/1/net is the host's namespace when the exporter shares the host's PID namespace
-    text = read_table(os.path.join(procfs, "1", "net", "dev")) or read_table(os.path.join(procfs, "net", "dev"))
-    if text is None:
+    # <procfs>/1/net is the host's namespace when the exporter shares the host's PID namespace
+    nics = None
+    for root in (os.path.join(procfs, "1"), procfs):
+        try:
+            nics = with_procfs(root, psutil.net_io_counters, pernic=True, nowrap=False)
+            break
+        except (OSError, ValueError, AssertionError):
+            continue
+    if nics is None:             # a wrong --path.procfs: a failure, not a box without interfaces
         raise OSError(f"cannot read {os.path.join(procfs, 'net', 'dev')}")
     pattern = re.compile(exclude)
-    out = []
-    for line in text.splitlines()[2:]:
-        name, sep, rest = line.partition(":")
-        name = name.strip()
-        parts = rest.split()
-        if not sep or len(parts) < 9 or pattern.match(name):
-            continue
-        out.append(NetIO(name, int(parts[0]), int(parts[8])))
-    return out
+    return [NetIO(name, n.bytes_recv, n.bytes_sent) for name, n in nics.items() if not pattern.match(name)]

@@ -260,9 +260,6 @@ class Scanner:
         """GPU readers: the pids seen using a GPU in their last refresh."""
         self.gpu_pids = frozenset(pids)
 
-    def latest(self):
-        return self.table
-
     def scan(self, now=None, max_age=0.0):
         """One pass over the root, or the last one when younger than ``max_age`` at ``now``."""
         with self._lock:
