@@ -538,11 +538,7 @@ def load_file(path, errors=None):
     data = read_yaml(path)
     if data is None:
         return {}
-    mine = []     # every message names the file
-    out = _parse_all(((p, ".".join(p), v, False) for p, v in _flatten(data, errors=mine)), mine)
-    for e in mine:
-        _report(errors, ConfigError(f"config file {path}: {e}"))
-    return out
+    return _parse_all(((p, ".".join(p), v, False) for p, v in _flatten(data, errors=errors)), errors)
 
 
 def env_name(path):

@@ -161,7 +161,9 @@ def test_errors_name_the_key_not_the_file_text(tmp_path, flag, text):
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hoofhearted: error: ") and str(path) in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("hoofhearted: error: "), r.stderr
+    if flag == "--web.config.file":
+        assert str(path) in lines[0]
     for secret in ("Zm9vYmFy", "c2VjcmV0", "s3cr3t", "Passw0rd", "hunter2", "20228", "daemon"):
         assert secret not in lines[0], lines[0]
 
