@@ -10,7 +10,6 @@ so that only the GPU work counts.
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,9 +30,6 @@ def measure(gpus, processes, repeat):
     lib = nv._fake
     src = NvidiaSource(nv)
     procfs = tempfile.mkdtemp()
-    os.makedirs(os.path.join(procfs, "1"))        # a procfs holds at least one process (init)
-    with open(os.path.join(procfs, "1", "stat"), "w") as f:
-        f.write("1 (init) S 0 1 1 0 -1 4194560 0 0 0 0 10 5 0 0 20 0 1 0 100 1000000 200 " + "0 " * 30 + "\n")
     nvc = NvidiaCollector(src)
     gp = GPUProcessCollector(src, procfs=procfs, sysfs=procfs, top_n=10, scanner=Scanner(procfs))
     total, fake, collectors = [], [], []

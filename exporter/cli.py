@@ -122,7 +122,9 @@ class LogfmtFormatter(logging.Formatter):
             if m is None:
                 raise ValueError("not key=value")
             if m.re is self._PAIR:
-                pairs.append((m.group(1), m.group(2) % (args.pop(0),)))
+                arg, conv = args.pop(0), m.group(2)
+                # a string given as %r: logfmt's quotes replace Python's
+                pairs.append((m.group(1), arg if conv == "%r" and isinstance(arg, str) else conv % (arg,)))
             else:
                 pairs.append((None, m.group(1) % (args.pop(0),)))
             pos = m.end()

@@ -48,7 +48,7 @@ def test_logfmt_formatter_quotes_each_value():
     fmt = LogfmtFormatter()
     line = fmt.format(record("collector failed collector=%s err=%r", "process", "OSError: no such file"))
     assert line.endswith(' level=info logger=hoofhearted.test msg="collector failed" collector=process '
-                         'err="\'OSError: no such file\'"')
+                         'err="OSError: no such file"')
     line = fmt.format(record("process named %s name=%s pid=%d", HOSTILE, HOSTILE, 7))
     assert "\n" not in line and "\x1b" not in line
     assert line.endswith('msg="process named \\x1bc\\nFans: all OK" name="\\x1bc\\nFans: all OK" pid=7')

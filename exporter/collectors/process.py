@@ -124,6 +124,8 @@ class ProcessCollector(Collector):
 
     def update(self, now):
         table = self.snapshot = self.scanner.scan(now, SHARE_WINDOW)
+        if not table.procs:     # not a procfs (a wrong --path.procfs): a failure, not an idle box
+            raise OSError(f"no processes under {self.scanner.procfs}")
         when = now if table.when is None else table.when
         dt = None
         if self.prev_when is not None and when > self.prev_when:

@@ -309,8 +309,6 @@ class Scanner:
                 procs[proc.pid] = proc
         finally:
             os.close(dfd)
-        if not procs:       # not a procfs (a wrong --path.procfs): a failure, not an idle box
-            raise OSError(f"no processes under {self.procfs}")
         self._raw = raw
         return ProcessTable(procs, now, uptime, self.boot_time)
 
