@@ -143,7 +143,7 @@ def test_wheel_in_a_clean_venv_starts_and_serves(root, tmp_path):
     assert where.stdout.startswith(str(venv / "lib")), where.stdout
     run([str(venv / "bin" / "pip"), "check"], env=clean_env())
     # runtime dependencies only: no test tools came along
-    for module in ("pytest", "hypothesis", "requests"):
+    for module in ("pytest", "hypothesis", "selenium"):
         r = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, cwd=tmp_path,
                            env=clean_env())
         assert r.returncode != 0, module
