@@ -6,11 +6,12 @@ import argparse
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 
-from . import __version__, config as cfgmod
+from . import __version__, config as cfgmod, textsafe
 from .collectors import REGISTRY
 
 log = logging.getLogger("hoofhearted")
@@ -48,7 +49,7 @@ def run_parser():
     p.add_argument("--web.config.file", dest="web.config_file", metavar="FILE",
                    help="exporter-toolkit web config (TLS, basic auth, headers)")
     p.add_argument("--web.max-requests", dest="web.max_requests", metavar="N",
-                   help="concurrent requests served before answering 503 (default 40)")
+                   help="password checks waiting at once, capped at 8, before answering 503 (default 40)")
     p.add_argument("--path.procfs", dest="path.procfs", metavar="DIR", help="procfs mount point (default /proc)")
     p.add_argument("--path.sysfs", dest="path.sysfs", metavar="DIR", help="sysfs mount point (default /sys)")
     p.add_argument("--path.rootfs", dest="path.rootfs", metavar="DIR",
@@ -78,15 +79,58 @@ def parse_run_args(argv, environ):
 
 
 class LogfmtFormatter(logging.Formatter):
-    """'text key=value ...' messages become logfmt lines: ts=.. level=.. msg="text" key=value."""
+    """'text key=%s ...' messages become logfmt lines: ts=.. level=.. logger=.. msg="text" key=value.
+
+    Each value is quoted and escaped on its own (textsafe.quote), so a value with spaces, quotes
+    or control characters (a process name, an error text) stays one value on one line. A bare
+    '%s' after the pairs is taken as ready-made pairs (WebConfig.describe())."""
+
+    _PAIR = re.compile(r" ([A-Za-z_][A-Za-z0-9_.]*)=(%[-#0 +]?\d*(?:\.\d+)?[sdrifxXeEgG])(?= |$)")
+    _BARE = re.compile(r" (%s)(?= |$)")
+    _CONV = re.compile(r"%[-#0 +]?\d*(?:\.\d+)?[sdrifxXeEgG%]")
 
     def format(self, record):
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
-        words = record.getMessage().replace('"', "'").split(" ")
-        k = next((i for i, w in enumerate(words) if "=" in w), len(words))
-        text, rest = " ".join(words[:k]), " ".join(words[k:])
-        line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{text}"'
-        return line + (" " + rest if rest else "")
+        try:
+            text, pairs = self._split(record)
+        except (TypeError, ValueError, KeyError, IndexError):
+            try:
+                text = record.getMessage()
+            except Exception:       # a wrong call: still one line, nothing lost
+                text = f"{record.msg} {record.args!r}"
+            pairs = []
+        line = (f"ts={ts} level={record.levelname.lower()} logger={record.name} "
+                f"msg={textsafe.quote(text)}")
+        for key, value in pairs:
+            line += f" {key}={textsafe.quote(value)}" if key else " " + textsafe.terminal(value)
+        if record.exc_info:
+            line += " exc=" + textsafe.quote(self.formatException(record.exc_info))
+        return line
+
+    def _split(self, record):
+        msg = str(record.msg)
+        args = record.args if isinstance(record.args, tuple) else (record.args,) if record.args else ()
+        first = self._PAIR.search(msg)
+        cut = first.start() if first else len(msg)
+        head, tail = msg[:cut], msg[cut:]
+        used = sum(1 for c in self._CONV.findall(head) if c != "%%")
+        text = head % args[:used] if used else head.replace("%%", "%")
+        args = list(args[used:])
+        pairs, pos = [], 0
+        while pos < len(tail):
+            m = self._PAIR.match(tail, pos) or self._BARE.match(tail, pos)
+            if m is None:
+                raise ValueError("not key=value")
+            if m.re is self._PAIR:
+                arg, conv = args.pop(0), m.group(2)
+                # a string given as %r: logfmt's quotes replace Python's
+                pairs.append((m.group(1), arg if conv == "%r" and isinstance(arg, str) else conv % (arg,)))
+            else:
+                pairs.append((None, m.group(1) % (args.pop(0),)))
+            pos = m.end()
+        if args:
+            raise ValueError("arguments left over")
+        return text, pairs
 
 
 def setup_logging(level):

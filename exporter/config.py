@@ -7,6 +7,7 @@ import copy
 import ipaddress
 import os
 import re
+import stat
 
 import yaml
 
@@ -24,12 +25,13 @@ class ConfigError(Exception):
 
 
 class Field:
-    def __init__(self, kind, default, check=None, expect=None, nullable=False):
+    def __init__(self, kind, default, check=None, expect=None, nullable=False, lo=None, hi=None):
         self.kind = kind          # "int", "float", "bool", "str", "list_int", "list_str"
         self.default = default
         self.check = check        # callable(value) -> bool
         self.expect = expect      # words for the error message
         self.nullable = nullable
+        self.lo, self.hi = lo, hi  # inclusive bounds of a number
 
     def parse(self, key, value, from_text=False):
         if self.nullable and (value is None or (from_text and value == "")):
@@ -37,9 +39,41 @@ class Field:
         if from_text:
             value = _from_text(self.kind, value)
         ok, value = _coerce(self.kind, value)
+        if ok and self.lo is not None and not (self.lo <= value <= self.hi):   # also NaN
+            ok = False
         if not ok or (self.check and not self.check(value)):
-            raise ConfigError(f"{key}: expected {self.expect or _WORDS[self.kind]}, got {value!r}")
+            bounds = f" (allowed: {_num(self.lo)} to {_num(self.hi)})" if self.lo is not None else ""
+            raise ConfigError(f"{key}: expected {self.expect or _WORDS[self.kind]}, got {shown(value)}{bounds}")
         return value
+
+
+def _num(x):
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def shown(value):
+    """A bad value for an error message: short words and numbers as they are, anything else by
+    its kind only, so a file that is not a config (a key file, /etc/shadow) is never echoed."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        if _SHOWABLE.fullmatch(value):
+            return repr(value)
+        return f"a string of {len(value)} characters"
+    if isinstance(value, list) and len(value) <= 8 and all(
+            isinstance(x, (bool, int, float)) or (isinstance(x, str) and _SHOWABLE.fullmatch(x)) for x in value):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def key_shown(key):
+    """A key for an error message: named when it looks like a key, else withheld."""
+    key = str(key)
+    return key if _SHOWABLE_KEY.fullmatch(key) else "(a key that is not shown)"
+
+
+_SHOWABLE = re.compile(r"[A-Za-z0-9_.:\[\]/+-]{1,40}")
+_SHOWABLE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 _WORDS = {
@@ -98,6 +132,10 @@ def _non_negative(v):
     return v >= 0
 
 
+def _nonempty(v):
+    return v.strip() != "" and "\0" not in v
+
+
 def _ratio(v):
     return 0 <= v <= 1
 
@@ -149,8 +187,14 @@ def _group_by(v):
     return v in ("name", "user", "owner")
 
 
-def _module_name(v):
-    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", v) is not None
+# The NVML bindings gpu.nvml_module may name: importing is running code, so nothing else.
+# tests.fakenvml.<scenario> and tests.hangnvml are the project's own fakes (real pynvml over a
+# fake library), importable only from a checkout.
+NVML_MODULES = ("pynvml", "py3nvml.py3nvml", "tests.fakenvml.<scenario>", "tests.hangnvml")
+
+
+def _nvml_module(v):
+    return v in NVML_MODULES[:2] or re.fullmatch(r"tests\.(?:fakenvml\.[a-z][a-z0-9_]*|hangnvml)", v) is not None
 
 
 def _url(v):
@@ -274,27 +318,27 @@ SCHEMA = {
     "web": {
         "listen_address": Field("str", "127.0.0.1:10101", _listen, "host:port"),
         "config_file": Field("str", None, nullable=True),
-        "max_requests": Field("int", 40, _positive, "a positive integer"),
-        "read_timeout_seconds": Field("float", 5.0, _positive, "a positive number"),
-        "max_header_bytes": Field("int", 8192, _positive, "a positive integer"),
-        "max_connections": Field("int", 512, _positive, "a positive integer"),
-        "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number"),
+        "max_requests": Field("int", 40, _positive, "a positive integer", lo=1, hi=10000),
+        "read_timeout_seconds": Field("float", 5.0, _positive, "a positive number", lo=0.1, hi=300),
+        "max_header_bytes": Field("int", 8192, _positive, "a positive integer", lo=1024, hi=1 << 20),
+        "max_connections": Field("int", 512, _positive, "a positive integer", lo=1, hi=65536),
+        "idle_timeout_seconds": Field("float", 120.0, _positive, "a positive number", lo=0.1, hi=86400),
         "live_page": Field("bool", True),
-        "live_max_clients": Field("int", 10, _positive, "a positive integer"),
+        "live_max_clients": Field("int", 10, _positive, "a positive integer", lo=1, hi=1000),
     },
     "paths": {
-        "procfs": Field("str", "/proc"),
-        "sysfs": Field("str", "/sys"),
-        "rootfs": Field("str", "/"),
+        "procfs": Field("str", "/proc", _nonempty, "a directory"),
+        "sysfs": Field("str", "/sys", _nonempty, "a directory"),
+        "rootfs": Field("str", "/", _nonempty, "a directory"),
     },
     "log": {
         "level": Field("str", "info", _level, "one of debug, info, warning, error"),
     },
-    "tiers": {t: Field("float", d, _positive, "a positive number of seconds")
+    "tiers": {t: Field("float", d, _positive, "a positive number of seconds", lo=0.05, hi=86400)
               for t, d in zip(TIERS, (1.0, 2.0, 5.0, 10.0))},
     "refresh": {
-        "timeout_seconds": Field("float", 5.0, _positive, "a positive number of seconds"),
-        "stale_after_intervals": Field("int", 5, _positive, "a positive integer"),
+        "timeout_seconds": Field("float", 5.0, _positive, "a positive number of seconds", lo=0.05, hi=3600),
+        "stale_after_intervals": Field("int", 5, _positive, "a positive integer", lo=1, hi=1000),
     },
     "collectors": {
         name: {
@@ -305,8 +349,8 @@ SCHEMA = {
     },
     "escalation": {
         "enabled": Field("bool", True),
-        "cpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number"),
-        "gpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number"),
+        "cpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number", lo=1, hi=250),
+        "gpu_temperature_celsius": Field("float", 80.0, _positive, "a positive number", lo=1, hi=250),
         "cpu_busy_ratio": Field("float", 0.9, _ratio, "a ratio between 0 and 1"),
     },
     "network": {
@@ -317,31 +361,33 @@ SCHEMA = {
                          _regex, "a regular expression"),
     },
     "process": {
-        "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
+        "top_n": Field("int", 10, _non_negative, "a non-negative integer", lo=0, hi=1000),
         "group_by": Field("str", "name", _group_by, "one of name, user, owner"),
-        "max_groups": Field("int", 50, _positive, "a positive integer"),
-        "group_min_cpu_cores": Field("float", 0.01, _non_negative, "a non-negative number"),
-        "group_min_memory_bytes": Field("int", 64 * 1024 * 1024, _non_negative, "a non-negative integer"),
-        "group_hold_seconds": Field("float", 300.0, _non_negative, "a non-negative number of seconds"),
+        "max_groups": Field("int", 50, _positive, "a positive integer", lo=1, hi=1000),
+        "group_min_cpu_cores": Field("float", 0.01, _non_negative, "a non-negative number", lo=0, hi=65536),
+        "group_min_memory_bytes": Field("int", 64 * 1024 * 1024, _non_negative, "a non-negative integer",
+                                        lo=0, hi=1 << 60),
+        "group_hold_seconds": Field("float", 300.0, _non_negative, "a non-negative number of seconds",
+                                    lo=0, hi=7 * 86400),
         "cmdline": Field("bool", False),
-        "cmdline_max_length": Field("int", 200, _positive, "a positive integer"),
+        "cmdline_max_length": Field("int", 200, _positive, "a positive integer", lo=1, hi=8192),
         "miner_names_file": Field("str", None, nullable=True),
         "stratum_ports": Field("list_int", [3333, 4444, 5555, 7777, 14444], _port_list, "a list of TCP ports"),
-        "stratum_min_cpu_cores": Field("float", 0.5, _non_negative, "a non-negative number"),
+        "stratum_min_cpu_cores": Field("float", 0.5, _non_negative, "a non-negative number", lo=0, hi=65536),
     },
     "gpu": {
-        "top_n": Field("int", 10, _non_negative, "a non-negative integer"),
-        "max_groups": Field("int", 10, _positive, "a positive integer"),
-        "nvml_module": Field("str", "pynvml", _module_name, "a Python module name"),
+        "top_n": Field("int", 10, _non_negative, "a non-negative integer", lo=0, hi=1000),
+        "max_groups": Field("int", 10, _positive, "a positive integer", lo=1, hi=1000),
+        "nvml_module": Field("str", "pynvml", _nvml_module, "one of " + ", ".join(NVML_MODULES)),
     },
     "grafana_live": {
         "url": Field("str", None, _url, "an http(s) URL", nullable=True),
         "token": Field("str", None, nullable=True),
         "token_file": Field("str", None, nullable=True),
-        "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds"),
+        "timeout_seconds": Field("float", 1.0, _positive, "a positive number of seconds", lo=0.05, hi=60),
     },
     "bmc": {
-        "timeout_seconds": Field("float", 3.0, _positive, "a positive number of seconds"),
+        "timeout_seconds": Field("float", 3.0, _positive, "a positive number of seconds", lo=0.05, hi=300),
         "ipmi": {
             "local": TristateField("tristate", "auto"),
             "device": Field("str", "/dev/ipmi0"),
@@ -394,7 +440,7 @@ def _flatten(data, prefix=(), errors=None):
         return
     for key, val in data.items():
         path = prefix + (str(key),)
-        dotted = ".".join(path)
+        dotted = ".".join(prefix + (key_shown(key),))
         if path in FIELDS:
             yield path, val
         elif any(p[:len(path)] == path for p in FIELDS):
@@ -405,21 +451,72 @@ def _flatten(data, prefix=(), errors=None):
             _report(errors, ConfigError(f"{dotted}: unknown key"))
 
 
-def read_yaml(path, what="config file", error=ConfigError):
-    """Parse a YAML file; every failure is one `error` line naming the file."""
+_QUOTED = re.compile(r"""\s*(?:'[^']*'|"[^"]*"|%r)""")
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line):
+        super().__init__(f"duplicate key {key}")
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:       # unhashable keys: SafeLoader reports them itself
+                continue
+            if dup:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_yaml(path, what="config file", error=ConfigError, regular_only=False):
+    """Parse a YAML file of at most MAX_FILE_BYTES; every failure is one `error` line naming the
+    file. ``regular_only``: refuse FIFOs and devices (a file re-read while serving must not block)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        fd = os.open(path, flags)
+        try:
+            if regular_only and not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise error(f"{what} {path}: cannot read: not a regular file")
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES:
+                b = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                if not b:
+                    break
+                chunks.append(b)
+                size += len(b)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise error(f"{what} {path}: cannot read: {e.strerror or e}") from None
+    if size > MAX_FILE_BYTES:
+        raise error(f"{what} {path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{what} {path}: not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
+    except DuplicateKey as e:
+        raise error(f"{what} {path}: duplicate key {key_shown(e.key)} at line {e.line}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
+        # PyYAML quotes what it found; the file may not be ours to show (a key, /etc/shadow)
+        problem = _QUOTED.sub("", getattr(e, "problem", None) or "invalid YAML").strip()
         raise error(f"{what} {path}: bad YAML{where}: {problem}") from None
     except (ValueError, RecursionError) as e:   # an impossible date (2001-13-45), absurd nesting
         raise error(f"{what} {path}: bad YAML: {e}") from None

@@ -35,11 +35,31 @@ class Family:
         self._sample_name = name + "_total" if kind == "counter" else name
 
     def add_metric(self, labels, value, timestamp=None, exemplar=None):
+        if len(labels) != len(self._labelnames):
+            raise ValueError(f"{self.name}: {len(labels)} label values for {len(self._labelnames)} labels")
+        try:
+            plain = "".join(labels).isascii()
+        except TypeError:           # a value that is not a string
+            plain = False
+        if not plain:
+            labels = [label_value(v) for v in labels]
         self.samples.append(Sample(self._sample_name, dict(zip(self._labelnames, labels)), value, timestamp,
                                    exemplar))
 
     def __repr__(self):
         return f"Family({self.name!r}, {self.type!r}, {len(self.samples)} samples)"
+
+
+def label_value(v):
+    """A label value that encodes as UTF-8: lone surrogates (a user or file name that was not
+    UTF-8, decoded with surrogateescape) become U+FFFD, as a 'replace' decode would have made them."""
+    if not isinstance(v, str):
+        v = str(v)
+    try:
+        v.encode("utf-8")
+        return v
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in v)
 
 
 def float_to_go(d):

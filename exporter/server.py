@@ -4,8 +4,11 @@ One event-loop thread serves every connection, so a slow or idle client holds no
 - a request head must arrive within web.read_timeout_seconds of its first byte (else 408) and
   fit in web.max_header_bytes (else 431); a new connection must start within the same time,
   a kept-alive one may idle for web.idle_timeout_seconds;
-- at most web.max_requests requests are in flight (waiting for a password check or for a slow
-  reader to take the answer); more get 503 at once;
+- a request whose credentials were checked before (or that needs none) is answered at once;
+  one that needs a password check waits for it, and at most min(web.max_requests, 8) such
+  checks wait at a time (2 for connections whose password already failed); more get 503 at
+  once, so neither a flood of wrong passwords nor clients that never read their answers
+  (their writes wait outside any budget, cut off after the read timeout) starve a scrape;
 - at most web.max_connections connections are open; a new one pushes out the connection that
   has waited longest without completing a request;
 - TLS handshakes run in the loop without blocking it, each bounded by the read timeout.
@@ -50,10 +53,30 @@ _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _ABSOLUTE = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 SCRAPE_TIMEOUT = "x-prometheus-scrape-timeout-seconds"
 LIVE_SNDBUF = 32 * 1024
+PIPELINE_TURN = 4           # pipelined requests answered before other connections get a turn
+
+
+def _accepts(header, media_type):
+    """Whether an Accept header lists ``media_type`` with a q above 0."""
+    for part in (header or "").split(","):
+        token, *params = part.split(";")
+        if token.strip().lower() != media_type:
+            continue
+        q = 1.0
+        for p in params:
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            return True
+    return False
 
 
 def wants_openmetrics(accept):
-    return "application/openmetrics-text" in (accept or "")
+    return _accepts(accept, "application/openmetrics-text")
 
 
 def wants_gzip(accept_encoding):
@@ -89,7 +112,7 @@ def parse_head(head):
     m = _VERSION.fullmatch(version)
     if not m or not _TOKEN.fullmatch(method) or not target:
         raise BadRequest(400, "malformed request line")
-    if m.group(1) != "1":
+    if m.group(1) != "1" or m.group(2) not in ("0", "1"):
         raise BadRequest(505, "only HTTP/1.0 and HTTP/1.1")
     minor = int(m.group(2))
     headers = {}
@@ -175,6 +198,8 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.reading = True
         self.kept = False
+        self.failed_auth = False     # a password from this connection was wrong before
+        self.turn = None             # booked call to go on with pipelined requests
         self.behind = None       # a live page: when it fell behind
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -192,7 +217,6 @@ class Connection(asyncio.Protocol):
         self._arm(srv.read_timeout, self._idle_timeout)
         security = srv.security
         if security is not None:
-            security.maybe_reload()
             tls = security.current.tls
             if tls is not None:
                 self.state = "tls"
@@ -235,6 +259,9 @@ class Connection(asyncio.Protocol):
 
     def _gone(self):
         self.state = "closed"
+        if self.turn is not None:
+            self.turn.cancel()
+            self.turn = None
         self._disarm()
         self._uncount()
         if self.job is not None:
@@ -301,13 +328,12 @@ class Connection(asyncio.Protocol):
             self.srv.live.dropped += 1
             self._abort()
             return
+        # Held outside any budget: max_connections bounds these, the write timeout ends them.
         self.write_paused = True
-        self._count()
         self._arm(self.srv.read_timeout, self._write_timeout)
 
     def resume_writing(self):
         self.write_paused = False
-        self._uncount()
         if self.state == "closed":
             return
         if self.state == "closing":
@@ -318,13 +344,13 @@ class Connection(asyncio.Protocol):
 
     def _count(self):
         if not self.counted:
-            self.counted = True
-            self.srv.in_flight += 1
+            self.counted = "failing" if self.failed_auth else "checks"
+            self.srv.in_flight[self.counted] += 1
 
     def _uncount(self):
         if self.counted:
+            self.srv.in_flight[self.counted] -= 1
             self.counted = False
-            self.srv.in_flight -= 1
 
     def _pause_reading(self):
         if self.reading and self.transport is not None:
@@ -349,7 +375,16 @@ class Connection(asyncio.Protocol):
 
     def _process(self):
         srv = self.srv
+        if self.turn is not None:
+            return                  # a turn is already booked
+        served = 0
         while self.state in ("idle", "head") and not self.write_paused:
+            if served >= PIPELINE_TURN:
+                # Take turns: a client that pipelines thousands of requests gets a few answered,
+                # then every other connection gets its go before the rest.
+                self._pause_reading()
+                self.turn = self.loop.call_soon(self._next_turn)
+                return
             if self.state == "idle":
                 if self.buf[:1] in (b"\r", b"\n"):
                     self.buf = bytearray(self.buf.lstrip(b"\r\n"))
@@ -366,6 +401,7 @@ class Connection(asyncio.Protocol):
                 return
             head = bytes(self.buf[:end])
             del self.buf[:end + sep]
+            served += 1
             try:
                 self._request(head)
             except Exception as e:   # never a traceback to the client, and keep serving
@@ -374,6 +410,11 @@ class Connection(asyncio.Protocol):
                     self._respond(500, b"internal error\n", close=True)
         if self.state == "idle" and not self.write_paused:
             self._resume_reading()
+
+    def _next_turn(self):
+        self.turn = None
+        if self.state not in ("closed", "closing"):
+            self._process()
 
     def _request(self, head):
         srv = self.srv
@@ -384,21 +425,19 @@ class Connection(asyncio.Protocol):
             return
         srv.requests += 1
         self.req = req
-        web = None
-        if srv.security is not None:
-            srv.security.maybe_reload()
-            web = srv.security.current
+        web = srv.security.current if srv.security is not None else None
         if web is not None and web.limiter is not None and not web.limiter.allow():
             self._respond(429, b"rate limit exceeded\n")
-            return
-        if srv.in_flight >= srv.max_requests:
-            self._respond(503, b"too many requests in flight\n", close=True)
             return
         req.deadline = self.loop.time() + scrape_budget(req.headers, srv.read_timeout)
         if web is not None and web.users:
             header = req.headers.get("authorization")
             ok = web.auth.cached(header)
             if ok is None:
+                budget = "failing" if self.failed_auth else "checks"
+                if srv.in_flight[budget] >= srv.limits[budget]:
+                    self._respond(503, b"too many password checks in flight\n", close=True)
+                    return
                 self.state = "busy"
                 self._count()
                 self._pause_reading()
@@ -423,47 +462,64 @@ class Connection(asyncio.Protocol):
         self._process()
 
     def _unauthorized(self):
+        self.failed_auth = True
         self._respond(401, b"unauthorized\n", extra=b'WWW-Authenticate: Basic realm="hoofhearted"\r\n')
 
     def _serve(self, req):
-        head = req.method == "HEAD"
         if req.method not in ("GET", "HEAD"):
             self._respond(405, b"method not allowed\n", extra=b"Allow: GET, HEAD\r\n", close=True)
             return
-        srv, path = self.srv, req.path
-        if path == "/metrics":
-            om = wants_openmetrics(req.headers.get("accept"))
-            gz = wants_gzip(req.headers.get("accept-encoding"))
-            body = srv.scheduler.body(openmetrics=om, gzipped=gz)
-            extra = b"Content-Encoding: gzip\r\nVary: Accept, Accept-Encoding\r\n" if gz \
-                else b"Vary: Accept, Accept-Encoding\r\n"
-            self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
-        elif path == "/":
-            if srv.live is not None:
-                self._respond(200, LIVE_INDEX, "text/html; charset=utf-8", head=head)
-            else:
-                page = LANDING.format(version=html.escape(__version__)).encode()
-                self._respond(200, page, "text/html; charset=utf-8", head=head)
-        elif path in LIVE_ASSETS and srv.live is not None:
-            body, kind = LIVE_ASSETS[path]
-            self._respond(200, body, kind, b"Cache-Control: no-cache\r\n", head=head)
-        elif path == "/api/live" and srv.live is not None:
-            self._live(head)
-        elif path == "/api/verdict":
-            body = srv.scheduler.verdict_body() if hasattr(srv.scheduler, "verdict_body") else None
-            if body is None:
-                self._respond(503, b"no verdict yet: collectors have not refreshed\n", head=head)
-            else:
-                self._respond(200, body, "application/json", b"Cache-Control: no-store\r\n", head)
-        elif path == "/-/healthy":
-            self._respond(200, b"OK\n", head=head)
-        elif path == "/-/ready":
-            if srv.scheduler.ready():
-                self._respond(200, b"OK\n", head=head)
-            else:
-                self._respond(503, b"not ready: collectors have not refreshed yet\n", head=head)
-        else:
+        handler = ROUTES.get(req.path)
+        if handler is None and req.path in LIVE_ASSETS and self.srv.live is not None:
+            handler = Connection._asset
+        if handler is None:
+            self._respond(404, b"not found\n", head=req.method == "HEAD")
+            return
+        handler(self, req, req.method == "HEAD")
+
+    # -- routes: (conn, request, head only) -> one _respond ------------------------------------
+
+    def _metrics(self, req, head):
+        om = wants_openmetrics(req.headers.get("accept"))
+        gz = wants_gzip(req.headers.get("accept-encoding"))
+        body = self.srv.scheduler.body(openmetrics=om, gzipped=gz)
+        extra = b"Content-Encoding: gzip\r\nVary: Accept, Accept-Encoding\r\n" if gz \
+            else b"Vary: Accept, Accept-Encoding\r\n"
+        self._respond(200, body, render.OPENMETRICS_TYPE if om else render.TEXT_TYPE, extra, head)
+
+    def _landing(self, req, head):
+        if self.srv.live is not None:
+            self._respond(200, LIVE_INDEX, "text/html; charset=utf-8", head=head)
+            return
+        page = LANDING.format(version=html.escape(__version__)).encode()
+        self._respond(200, page, "text/html; charset=utf-8", head=head)
+
+    def _asset(self, req, head):
+        body, kind = LIVE_ASSETS[req.path]
+        self._respond(200, body, kind, b"Cache-Control: no-cache\r\n", head=head)
+
+    def _live_stream(self, req, head):
+        if self.srv.live is None:
             self._respond(404, b"not found\n", head=head)
+        else:
+            self._live(head)
+
+    def _healthy(self, req, head):
+        self._respond(200, b"OK\n", head=head)
+
+    def _verdict(self, req, head):
+        sched = self.srv.scheduler
+        body = sched.verdict_body() if hasattr(sched, "verdict_body") else None
+        if body is None:
+            self._respond(503, b"no verdict yet: collectors have not refreshed\n", head=head)
+        else:
+            self._respond(200, body, "application/json", b"Cache-Control: no-store\r\n", head)
+
+    def _ready(self, req, head):
+        if self.srv.scheduler.ready():
+            self._respond(200, b"OK\n", head=head)
+        else:
+            self._respond(503, b"not ready: collectors have not refreshed yet\n", head=head)
 
     def _live(self, head):
         """Server-Sent Events: headers now, then every verdict frame until the page goes away."""
@@ -532,6 +588,16 @@ class Connection(asyncio.Protocol):
             self._arm(self.srv.idle_timeout, self._idle_timeout)
 
 
+ROUTES = {
+    "/metrics": Connection._metrics,
+    "/": Connection._landing,
+    "/api/verdict": Connection._verdict,
+    "/api/live": Connection._live_stream,
+    "/-/healthy": Connection._healthy,
+    "/-/ready": Connection._ready,
+}
+
+
 class Server:
     """Listening socket and event loop. ``serve_in_thread``, ``shutdown``, ``server_close``."""
 
@@ -559,7 +625,9 @@ class Server:
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
         self.connections = {}
-        self.in_flight = 0
+        # password checks waiting, by budget: first tries, and connections that failed before
+        self.in_flight = {"checks": 0, "failing": 0}
+        self.limits = {"checks": max(1, min(max_requests, 8)), "failing": max(1, min(max_requests, 2))}
         self.requests = 0
         self.loop = None
         self._thread = None
@@ -609,12 +677,16 @@ class Server:
             loop.close()
 
     def serve_in_thread(self):
+        if self.security is not None:
+            self.security.watch()
         self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         self._thread.start()
         self._started.wait(5)
         return self._thread
 
     def shutdown(self, timeout=2.0):
+        if self.security is not None:
+            self.security.close()
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:

@@ -17,6 +17,7 @@ import os
 import queue
 import re
 import ssl
+import stat
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ from collections import OrderedDict
 
 import bcrypt
 
-from .config import ConfigError, read_yaml
+from .config import ConfigError, key_shown, read_yaml, shown
 
 log = logging.getLogger("hoofhearted.webconfig")
 
@@ -90,7 +91,7 @@ def _fail(path, key, problem):
 
 def _expect(path, key, value, kind, words):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        _fail(path, key, f"expected {words}, got {value!r}")
+        _fail(path, key, f"expected {words}, got {shown(value)}")
     return value
 
 
@@ -98,7 +99,7 @@ def _str_list(path, key, value):
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-        _fail(path, key, f"expected a list of strings, got {value!r}")
+        _fail(path, key, f"expected a list of strings, got {shown(value)}")
     return value
 
 
@@ -122,11 +123,12 @@ def parse_duration(text):
 class TLSSettings:
     """An ssl.SSLContext built from tls_server_config, plus the SAN allow-list it carries."""
 
-    def __init__(self, context, allowed_sans, files, client_auth):
+    def __init__(self, context, allowed_sans, files, client_auth, min_version=ssl.TLSVersion.TLSv1_2):
         self.context = context
         self.allowed_sans = allowed_sans
         self.files = files
         self.client_auth = client_auth
+        self.min_version = min_version
 
     def peer_allowed(self, peercert):
         """client_allowed_sans: the verified client certificate names one of the entries."""
@@ -143,12 +145,29 @@ class TLSSettings:
         return False
 
 
-def _read_file(path, key, name):
+def _read_file(path, key, name, limit=1 << 20):
+    """A certificate or key file: a regular file of at most ``limit`` bytes, read without
+    blocking (a FIFO or a device in its place is an error, not a hang)."""
     try:
-        with open(name, "rb") as f:
-            return f.read()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         _fail(path, key, f"cannot read {name}: {e.strerror or e}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _fail(path, key, f"cannot read {name}: not a regular file")
+        data = os.read(fd, limit + 1)
+        while data and len(data) <= limit:
+            more = os.read(fd, limit + 1 - len(data))
+            if not more:
+                break
+            data += more
+    except OSError as e:
+        _fail(path, key, f"cannot read {name}: {e.strerror or e}")
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        _fail(path, key, f"{name} is larger than {limit} bytes")
+    return data
 
 
 def _no_password():
@@ -204,14 +223,14 @@ def _tls(path, tls):
     for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         v = tls.get(name) or default
         if v not in TLS_VERSIONS:
-            _fail(path, k + name, f"expected one of {', '.join(TLS_VERSIONS)}, got {v!r}")
+            _fail(path, k + name, f"expected one of {', '.join(TLS_VERSIONS)}, got {shown(v)}")
         versions[name] = TLS_VERSIONS[v]
     if versions["min_version"] > versions["max_version"]:
         _fail(path, k + "min_version", "is above max_version")
 
     auth = auth or "NoClientCert"
     if auth not in CLIENT_AUTH:
-        _fail(path, k + "client_auth_type", f"expected one of {', '.join(CLIENT_AUTH)}, got {auth!r}")
+        _fail(path, k + "client_auth_type", f"expected one of {', '.join(CLIENT_AUTH)}, got {shown(auth)}")
     if (ca or ca_file) and auth == "NoClientCert":
         _fail(path, k + "client_ca_file", "client CAs are set but client_auth_type is NoClientCert")
     if auth in ("RequireAnyClientCert", "RequireClientCert") and not (ca or ca_file):
@@ -236,11 +255,11 @@ def _tls(path, tls):
     ciphers = _str_list(path, k + "cipher_suites", tls.get("cipher_suites"))
     for c in ciphers:
         if c not in CIPHERS:
-            _fail(path, k + "cipher_suites", f"unknown cipher: {c}")
+            _fail(path, k + "cipher_suites", f"unknown cipher: {key_shown(c)}")
     curves = _str_list(path, k + "curve_preferences", tls.get("curve_preferences"))
     for c in curves:
         if c not in CURVES:
-            _fail(path, k + "curve_preferences", f"unknown curve: {c}")
+            _fail(path, k + "curve_preferences", f"unknown curve: {key_shown(c)}")
     prefer = tls.get("prefer_server_cipher_suites", True)
     _expect(path, k + "prefer_server_cipher_suites", prefer, bool, "true or false")
 
@@ -281,19 +300,19 @@ def _tls(path, tls):
         except (ssl.SSLError, ValueError) as e:
             _fail(path, k + ("client_ca_file" if ca_file else "client_ca"),
                   f"no CA certificate loads: {getattr(e, 'reason', None) or e}")
-    return TLSSettings(ctx, allowed_sans, files, auth)
+    return TLSSettings(ctx, allowed_sans, files, auth, versions["min_version"])
 
 
 def _users(path, users):
     if users is None:
         return {}
     if not isinstance(users, dict):
-        _fail(path, "basic_auth_users", f"expected a mapping of user names to bcrypt hashes, got {users!r}")
+        _fail(path, "basic_auth_users", f"expected a mapping of user names to bcrypt hashes, got {shown(users)}")
     out = {}
     for user, hashed in users.items():
         if not isinstance(user, str):
-            _fail(path, "basic_auth_users", f"user name {user!r} is not a string")
-        key = f"basic_auth_users.{user}"
+            _fail(path, "basic_auth_users", f"user name {shown(user)} is not a string")
+        key = f"basic_auth_users.{key_shown(user)}"
         if not isinstance(hashed, str) or not _BCRYPT.match(hashed):
             _fail(path, key, "expected a bcrypt hash such as $2y$10$...")
         cost = int(_BCRYPT.match(hashed).group(1))
@@ -307,20 +326,20 @@ def _headers(path, http):
     if http is None:
         return {}
     if not isinstance(http, dict):
-        _fail(path, "http_server_config", f"expected a mapping, got {http!r}")
+        _fail(path, "http_server_config", f"expected a mapping, got {shown(http)}")
     _expect(path, "http_server_config.http2", http.get("http2", True), bool, "true or false")
     headers = http.get("headers") or {}
     if not isinstance(headers, dict):
-        _fail(path, "http_server_config.headers", f"expected a mapping, got {headers!r}")
+        _fail(path, "http_server_config.headers", f"expected a mapping, got {shown(headers)}")
     out = {}
     for name, value in headers.items():
-        key = f"http_server_config.headers.{name}"
+        key = f"http_server_config.headers.{key_shown(name)}"
         if name not in HEADERS:
-            _fail(path, key, f"header {name!r} can not be configured (allowed: {', '.join(HEADERS)})")
+            _fail(path, key, f"header {shown(name)} can not be configured (allowed: {', '.join(HEADERS)})")
         _expect(path, key, value, str, "a string")
         allowed = HEADERS[name]
         if allowed and value not in allowed:
-            _fail(path, key, f"expected one of {', '.join(allowed)}, got {value!r}")
+            _fail(path, key, f"expected one of {', '.join(allowed)}, got {shown(value)}")
         if "\r" in value or "\n" in value:
             _fail(path, key, "value contains a line break")
         if value:
@@ -332,10 +351,11 @@ def _rate(path, rate):
     if rate is None:
         return None
     if not isinstance(rate, dict):
-        _fail(path, "rate_limit", f"expected a mapping, got {rate!r}")
+        _fail(path, "rate_limit", f"expected a mapping, got {shown(rate)}")
     interval = parse_duration(rate.get("interval", 0))
     if interval is None:
-        _fail(path, "rate_limit.interval", f"expected a duration such as 1s or 100ms, got {rate.get('interval')!r}")
+        _fail(path, "rate_limit.interval",
+              f"expected a duration such as 1s or 100ms, got {shown(rate.get('interval'))}")
     burst = _expect(path, "rate_limit.burst", rate.get("burst", 0), int, "an integer")
     if burst < 0:
         _fail(path, "rate_limit.burst", f"expected a non-negative integer, got {burst}")
@@ -372,6 +392,16 @@ class WebConfig:
         self.rate = rate
         self.limiter = RateLimiter(*rate) if rate else None
         self.auth = Authenticator(self.users)
+        self.empty = False
+
+    def posture(self):
+        """What decides who gets in: compared on reload, any change logged at warning."""
+        tls = self.tls
+        return {"tls": tls is not None,
+                "client_auth": tls.client_auth if tls else None,
+                "min_version": tls.min_version.name if tls else None,
+                "client_allowed_sans": tls.allowed_sans if tls else None,
+                "basic_auth_users": frozenset(self.users.items())}
 
     @property
     def files(self):
@@ -384,14 +414,15 @@ class WebConfig:
 
 def load_web_config(path):
     """Read and validate a web config file; WebConfigError names the file and the key."""
-    data = read_yaml(path, "web config file", WebConfigError)
-    if data is None:
+    data = read_yaml(path, "web config file", WebConfigError, regular_only=True)
+    empty = data is None           # an empty or comment-only file
+    if empty:
         data = {}
     if not isinstance(data, dict):
         raise WebConfigError(f"web config file {path}: top level: expected a mapping, got {type(data).__name__}")
     for key, val in data.items():
         if key not in KEYS:
-            _fail(path, str(key), "unknown key")
+            _fail(path, key_shown(key), "unknown key")
         allowed = KEYS[key]
         if allowed is None or val is None:
             continue
@@ -399,11 +430,13 @@ def load_web_config(path):
             _fail(path, key, f"expected a mapping, got {type(val).__name__}")
         for sub in val:
             if sub not in allowed:
-                _fail(path, f"{key}.{sub}", "unknown key")
-    return WebConfig(path, _tls(path, data.get("tls_server_config") or {}),
-                     _users(path, data.get("basic_auth_users")),
-                     _headers(path, data.get("http_server_config")),
-                     _rate(path, data.get("rate_limit")))
+                _fail(path, f"{key}.{key_shown(sub)}", "unknown key")
+    web = WebConfig(path, _tls(path, data.get("tls_server_config") or {}),
+                    _users(path, data.get("basic_auth_users")),
+                    _headers(path, data.get("http_server_config")),
+                    _rate(path, data.get("rate_limit")))
+    web.empty = empty
+    return web
 
 
 class Authenticator:
@@ -530,10 +563,66 @@ def _signature(files):
     return tuple(sig)
 
 
-class ServerSecurity:
-    """The current web config of a running server, re-read when its files change."""
+# client_auth_type from weakest to strongest
+_CLIENT_AUTH_RANK = {"NoClientCert": 0, "RequestClientCert": 0, "VerifyClientCertIfGiven": 1,
+                     "RequireAnyClientCert": 2, "RequireClientCert": 2, "RequireAndVerifyClientCert": 2}
 
-    CHECK_EVERY = 1.0
+
+def weakenings(old, new):
+    """Why replacing ``old`` by ``new`` would let in someone ``old`` keeps out ([] when it would not)."""
+    out = []
+    if new.empty:
+        out.append("the file is empty")
+    if old.tls is not None and new.tls is None:
+        out.append("TLS would be turned off")
+    if old.users and not new.users:
+        out.append("basic auth would be turned off")
+    if old.tls is not None and new.tls is not None:
+        if _CLIENT_AUTH_RANK[new.tls.client_auth] < _CLIENT_AUTH_RANK[old.tls.client_auth]:
+            out.append(f"client_auth_type would go from {old.tls.client_auth} to {new.tls.client_auth}")
+        if new.tls.min_version < old.tls.min_version:
+            out.append(f"min_version would go down to {new.tls.min_version.name}")
+        if old.tls.allowed_sans is not None and new.tls.allowed_sans is None:
+            out.append("client_allowed_sans would be dropped")
+    return out
+
+
+def _posture_change(old, new):
+    """One line on what changed in who gets in, or None."""
+    a, b = old.posture(), new.posture()
+    if a == b:
+        return None
+    parts = []
+    for key in a:
+        if a[key] == b[key]:
+            continue
+        if key == "basic_auth_users":
+            before, after = dict(a[key]), dict(b[key])
+            added = sorted(set(after) - set(before))
+            removed = sorted(set(before) - set(after))
+            changed = sorted(u for u in set(before) & set(after) if before[u] != after[u])
+            for what, users in (("added", added), ("removed", removed), ("new password", changed)):
+                if users:
+                    parts.append(f"basic_auth_users {what}: {','.join(key_shown(u) for u in users)}")
+        elif key == "client_allowed_sans":
+            parts.append("client_allowed_sans changed")
+        else:
+            parts.append(f"{key}: {a[key]} -> {b[key]}")
+    return "; ".join(parts)
+
+
+class ServerSecurity:
+    """The current web config of a running server, re-read when its files change.
+
+    A watcher thread (``watch``) stats the files every CHECK_EVERY seconds and reads them once
+    they have looked the same for SETTLE seconds, so an editor or config manager that rewrites
+    in place is read when it is done, not half-way; YAML and certificates are loaded there,
+    never on the event loop. A reload that would weaken security (TLS or basic auth off, weaker
+    client certificate checks, an empty file) is refused until the operator restarts.
+    """
+
+    CHECK_EVERY = 0.25
+    SETTLE = 0.5
 
     def __init__(self, path=None, clock=time.monotonic):
         self.path = path
@@ -541,8 +630,10 @@ class ServerSecurity:
         self.current = load_web_config(path) if path else WebConfig()
         self._sig = _signature(self.current.files)
         self._bad_sig = None
-        self._checked = clock()
+        self._pending = None             # (signature, first seen) of files still changing
         self._lock = threading.RLock()     # a second SIGHUP may arrive inside the first one's reload
+        self._stop = threading.Event()
+        self._thread = None
         self.checker = Checker()
         if path:
             log.info("web config loaded file=%s %s", path, self.current.describe())
@@ -555,17 +646,41 @@ class ServerSecurity:
                       max_connections=web["max_connections"],
                       idle_timeout=web["idle_timeout_seconds"], security=self, live=live)
 
-    def maybe_reload(self):
-        """Called by the server on new connections: a stat of each file, at most once a second."""
-        if not self.path:
-            return
-        now = self.clock()
-        if now - self._checked < self.CHECK_EVERY:
-            return
-        self._checked = now
+    def watch(self):
+        """Start the watcher thread (once)."""
+        if self.path and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="web-config", daemon=True)
+            self._thread.start()
+
+    def close(self):
+        self._stop.set()
+
+    def _watch(self):
+        while not self._stop.wait(self.CHECK_EVERY):
+            try:
+                self.poll()
+            except Exception as e:      # the watcher must outlive any surprise
+                log.error("web config watcher err=%r", e)
+
+    def poll(self):
+        """One look at the files; reload once they changed and then stayed the same SETTLE seconds."""
         sig = _signature(self.current.files)
-        if sig != self._sig and sig != self._bad_sig:
-            self._reload(log_errors=True, repeat=False)
+        if sig == self._sig or sig == self._bad_sig:
+            self._pending = None
+            return False
+        now = self.clock()
+        if self._pending is None or self._pending[0] != sig:
+            self._pending = (sig, now)
+            return False
+        if now - self._pending[1] < self.SETTLE:
+            return False
+        self._pending = None
+        return self._reload(log_errors=True, repeat=False)
+
+    def maybe_reload(self):
+        """Without a watcher thread (tests, tools): one poll."""
+        if self._thread is None and self.path:
+            self.poll()
 
     def reload(self, log_errors=True):
         """Load the file again (SIGHUP); on error keep the last good config. True when the new one is in use."""
@@ -577,13 +692,22 @@ class ServerSecurity:
             return True
         with self._lock:
             old = self.current
+            before = _signature(old.files)
             try:
                 new = load_web_config(self.path)
+                refused = weakenings(old, new)
             except Exception as e:   # ConfigError, or anything else: the running server keeps going
-                sig = _signature(old.files)
+                new, refused = None, [str(e) if isinstance(e, ConfigError) else repr(e)]
+            sig = _signature(old.files)
+            if sig != before:
+                return False         # changed while being read: the watcher reads it again when it settles
+            if refused:
                 if log_errors and (repeat or sig != self._bad_sig):
-                    err = str(e) if isinstance(e, ConfigError) else repr(e)
-                    log.error("web config not reloaded, keeping the last good one err=%r", err)
+                    if new is None:
+                        log.error("web config not reloaded, keeping the last good one err=%r", refused[0])
+                    else:
+                        log.error("web config not reloaded: it would weaken security, keeping the last "
+                                  "good one (restart to apply it) reason=%r", "; ".join(refused))
                 self._bad_sig = sig
                 return False
             if new.users == old.users:
@@ -591,6 +715,9 @@ class ServerSecurity:
             self._sig = _signature(new.files)
             self._bad_sig = None
             self.current = new
+        change = _posture_change(old, new)
+        if change:
+            log.warning("web config security changed file=%s change=%r", self.path, change)
         log.info("web config loaded file=%s %s", self.path, new.describe())
         return True
 

@@ -7,6 +7,7 @@ An explicit --url that does not answer, or answers with something that is not a 
 verdict, is one line on stderr and exit status 2.
 """
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
+from .textsafe import terminal
 from .verdict import bytes_text, clean, gpu_name, owner_text, pct
 
 DEFAULT_URL = "http://127.0.0.1:10101"
@@ -202,13 +204,13 @@ def main(argv=None):
         report = fetch(url, args.timeout)
         report["source"] = f"verdict of the exporter at {url}"
     except NotHoofhearted as e:
-        print(f"hoofhearted why: error: {url}: {e}", file=sys.stderr)
+        print(terminal(f"hoofhearted why: error: {url}: {e}"), file=sys.stderr)
         return 2
-    except (OSError, urllib.error.URLError, ValueError) as e:
+    except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException) as e:
         if args.url:
             reason = getattr(e, "reason", None) or e
             reason = getattr(reason, "strerror", None) or reason
-            print(f"hoofhearted why: error: cannot read {url}: {reason}", file=sys.stderr)
+            print(terminal(f"hoofhearted why: error: cannot read {url}: {reason}"), file=sys.stderr)
             return 2
         report = collect_locally(args.procfs, args.sysfs)
         report["source"] = f"measured here: no exporter answered at {url}"
@@ -216,7 +218,7 @@ def main(argv=None):
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print("\n".join(lines(report)))
+            print("\n".join(terminal(line) for line in lines(report)))
         sys.stdout.flush()
     except BrokenPipeError:     # `hoofhearted why | head`
         sys.stdout = None

@@ -265,10 +265,10 @@ def test_exporter_with_simulated_bmcs_and_one_that_never_answers(tmp_path, ipmi_
         exp.stop()
         dead.stop()
     log = exp.log
-    assert "bmc=gone protocol=ipmi err='timeout: " in log
-    assert "bmc=badpw protocol=ipmi err='auth: password invalid'" in log
-    assert ("bmc=rfbad protocol=redfish err='auth: GET /redfish/v1/Chassis: HTTP 401 (wrong username or "
-            "password?)'") in log
+    assert 'bmc=gone protocol=ipmi err="timeout: ' in log
+    assert 'bmc=badpw protocol=ipmi err="auth: password invalid"' in log
+    assert ('bmc=rfbad protocol=redfish err="auth: GET /redfish/v1/Chassis: HTTP 401 (wrong username or '
+            'password?)"') in log
     assert log.count("bmc=gone") == 1, log      # said once, not every refresh
     for secret in (PASSWORD, "Wr0ng-pass-77"):
         assert secret not in log
@@ -420,7 +420,7 @@ def test_local_bmc_read_through_a_device_that_is_no_bmc(tmp_path, start_exporter
     assert sample(m, "hoofhearted_bmc_up", bmc="local") == 0
     assert sample(m, "hoofhearted_collector_success", collector="bmc") == 1
     line = next(l for l in exp.log.splitlines() if "bmc=local" in l)
-    assert "level=warning" in line and "err='protocol: " in line, line
+    assert "level=warning" in line and 'err="protocol: ' in line, line
 
 
 def test_readme_bmc_example_is_a_valid_config(tmp_path):

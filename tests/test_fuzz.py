@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import socket
+import subprocess
 import tempfile
 import time
 
@@ -297,3 +298,55 @@ def test_parse_head_only_raises_bad_request(head):
         assert e.code in (400, 505)
         return
     assert req.method and isinstance(req.headers, dict) and isinstance(req.keep_alive, bool)
+
+
+# -- label values through the renderer ---------------------------------------------------------
+
+any_text = st.text(alphabet=st.characters(blacklist_categories=()), max_size=40)   # surrogates included
+
+
+def _expected(v):
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in v)
+
+
+def _openmetrics_body(families):
+    from exporter import render
+    return render.join_parts([render.openmetrics_parts(families)]) + b"# EOF\n"
+
+
+@given(st.lists(st.tuples(any_text, any_text), min_size=1, max_size=6, unique_by=lambda t: tuple(map(_expected, t))))
+def test_any_label_value_renders_to_a_valid_exposition(values):
+    """Any unicode (control characters, line breaks, quotes, backslashes, lone surrogates) in a
+    label value comes out as an exposition that promtool and prometheus_client both accept,
+    with the value intact (a lone surrogate as U+FFFD)."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+    from prometheus_client.parser import text_string_to_metric_families as text_parse
+
+    from conftest import need_tool
+    from exporter import render
+    from exporter.families import Family
+
+    fam = Family("hoofhearted_fuzz_info", "Label values from the fuzzer.", "gauge", ["name", "user"])
+    for name, user in values:
+        fam.add_metric([name, user], 1)
+    want = [{"name": _expected(n), "user": _expected(u)} for n, u in values]
+
+    text = render.text([fam])
+    got = [s.labels for f in text_parse(text.decode("utf-8")) for s in f.samples]
+    assert got == want
+    om = _openmetrics_body([fam])
+    got = [s.labels for f in om_parse(om.decode("utf-8")) for s in f.samples]
+    assert got == want
+    promtool = need_tool("promtool")
+    for body in (text, om):
+        r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
+        assert r.returncode == 0, (body, r.stdout, r.stderr)
+
+
+def test_label_count_must_match():
+    from exporter.families import Family
+    fam = Family("hoofhearted_x", "x", "gauge", ["a", "b"])
+    with pytest.raises(ValueError, match="hoofhearted_x: 1 label values for 2 labels"):
+        fam.add_metric(["only one"], 1)
+    with pytest.raises(ValueError):
+        fam.add_metric(["a", "b", "c"], 1)

@@ -143,7 +143,8 @@ def test_no_driver_serves_host_metrics_with_one_log_line(tmp_path, start_exporte
 
 def test_unimportable_nvml_module_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0",
-                        config(tmp_path, "no_such.nvml")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+                        config(tmp_path, "tests.fakenvml.no_such")], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "hoofhearted: error: gpu.nvml_module: cannot import 'no_such.nvml': No module named 'no_such'"]
+        "hoofhearted: error: gpu.nvml_module: cannot import 'tests.fakenvml.no_such': "
+        "No module named 'tests.fakenvml.no_such'"]

@@ -104,3 +104,89 @@ def test_cmdline_is_cut_to_length():
 ])
 def test_secret_key_words(key, secret):
     assert secret_key(key) is secret
+
+
+# -- the rule table: a row per form (issue 15) ------------------------------------------------
+
+STRIPE = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+RULE_ROWS = [
+    # (rule, argv, expected)
+    ("url-userinfo", ["git", "clone", "https://bob:pa/ss?wd@git.example.com/r.git"],
+     ["git", "clone", "https://***@git.example.com/r.git"]),
+    ("url-userinfo", ["rsync", "ftp://anon:a/b@ftp.example.org/pub"], ["rsync", "ftp://***@ftp.example.org/pub"]),
+    ("url-userinfo", ["git", "push", "https://oauth2token@gitlab.example.com/g/r.git"],
+     ["git", "push", "https://***@gitlab.example.com/g/r.git"]),
+    ("option-pair", ["app", "--password:Hunter22"], ["app", "--password:***"]),
+    ("option-pair", ["app", "--user=admin:Hunter22"], ["app", "--user=admin:***"]),
+    ("option-pair", ["app", "--user=admin%Hunter22"], ["app", "--user=admin%***"]),
+    ("header", ["curl", "-H", "Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l"], ["curl", "-H", "Authorization: ***"]),
+    ("inner-pair", ["mount", "-t", "cifs", "-o", "username=u,password=Hunter22,vers=3.0", "//nas/x", "/mnt"],
+     ["mount", "-t", "cifs", "-o", "username=u,password=***,vers=3.0", "//nas/x", "/mnt"]),
+    ("inner-pair", ["msbuild", "/p:Password=Hunter22"], ["msbuild", "/p:Password=***"]),
+    ("inner-pair", ["msbuild", "/p:Configuration=Release;DbPassword=Hunter22"],
+     ["msbuild", "/p:Configuration=Release;DbPassword=***"]),
+    ("json-pair", ["app", '{"client_secret": "Hunter22"}'], ["app", '{"client_secret": "***"}']),
+    ("user-percent", ["smbclient", "//nas/share", "-U", "alice%Hunter22"],
+     ["smbclient", "//nas/share", "-U", "alice%***"]),
+    ("user-percent", ["smbclient", "//nas/share", "-Ualice%Hunter22"], ["smbclient", "//nas/share", "-Ualice%***"]),
+    ("user-percent", ["app", "alice%Hunter22"], ["app", "alice%***"]),
+    ("token-format", ["pay", STRIPE], ["pay", "***"]),
+    ("token-format", ["pay", "rk_test_" + "51Habcdefghij0123"], ["pay", "***"]),
+    ("token-format", ["pay", "whsec_" + "abcdefghij0123456789"], ["pay", "***"]),
+    ("token-format", ["vault", "login", "hvs." + "CAESIJlU5mQy0J2kq3xXbG1vY2tlZA"], ["vault", "login", "***"]),
+    ("token-format", ["vault", "login", "s." + "Qf1s5zigZ4LX6vTQiyYW3Idt"], ["vault", "login", "***"]),
+    ("token-format", ["npm", "publish", "npm_" + "a" * 18 + "B" * 18], ["npm", "publish", "***"]),
+    ("token-format", ["glab", "glpat-" + "xxxxxxxxxxxxxxxxxxxx"], ["glab", "***"]),
+    ("token-format", ["glab", "gldt-" + "abcdefghijklmnopqrstu"], ["glab", "***"]),
+    ("token-format", ["runner", "GR1348941" + "abcdefghijklmnopqrstu"], ["runner", "***"]),
+    ("token-format", ["gh", "github_pat_" + "11ABCDEFG0abcdefghijkl_mnopqrstuvwxyz"], ["gh", "***"]),
+    ("token-format", ["gh", "gho_" + "abcdefghijklmnopqrstuvwxyz0123"], ["gh", "***"]),
+    ("token-format", ["bot", "xapp-1-" + "A0123456789-abcdef"], ["bot", "***"]),
+    ("token-format", ["bot", "xoxp-" + "1234567890-abcdefg"], ["bot", "***"]),
+    ("long-hex", ["agent", "--id", HEX_KEY], ["agent", "--id", "***"]),
+    ("random-base64", ["agent", B64_KEY], ["agent", "***"]),
+]
+
+FLAG_ROWS = [
+    # short options that usually carry a secret
+    (["app", "-p", "Hunter22"], ["app", "-p", "***"]),
+    (["app", "-pHunter22"], ["app", "-p***"]),
+    (["app", "-P", "Hunter22"], ["app", "-P", "***"]),
+    (["app", "-w", "Hunter22"], ["app", "-w", "***"]),
+    (["app", "-k", "Hunter22"], ["app", "-k", "***"]),
+    (["mysql", "-uroot:Hunter22"], ["mysql", "-uroot:***"]),
+    (["mysql", "-pabc"], ["mysql", "-p***"]),
+    (["curl", "-u", "bob:Hunter22", "-k", "https://x.example"], ["curl", "-u", "bob:***", "-k", "https://x.example"]),
+    (["curl", "-ubob:Hunter22", "https://x.example"], ["curl", "-ubob:***", "https://x.example"]),
+    # ... and what stays
+    (["mkdir", "-pv", "/srv/data"], ["mkdir", "-pv", "/srv/data"]),
+    (["mkdir", "-p", "/srv/data"], ["mkdir", "-p", "/srv/data"]),
+    (["ssh", "-p", "2222", "backup@nas"], ["ssh", "-p", "2222", "backup@nas"]),
+    (["docker", "run", "-p", "8080:80", "nginx"], ["docker", "run", "-p", "8080:80", "nginx"]),
+    (["sort", "-k", "2", "data.txt"], ["sort", "-k", "2", "data.txt"]),
+    (["ldapsearch", "-D", "cn=admin", "-w", "Hunter22"], ["ldapsearch", "-D", "cn=admin", "-w", "***"]),
+    (["openssl", "enc", "-k", "Hunter22"], ["openssl", "enc", "-k", "***"]),
+    (["grep", "-w", "error", "/var/log/syslog"], ["grep", "-w", "error", "/var/log/syslog"]),
+    (["app", "-u", "alice"], ["app", "-u", "alice"]),
+    (["app", "-p", "-v"], ["app", "-p", "-v"]),
+    (["curl", "https://example.com/a?q=%20x"], ["curl", "https://example.com/a?q=%20x"]),
+]
+
+
+@pytest.mark.parametrize("rule,argv,expected", RULE_ROWS, ids=[f"{r[0]}-{i}" for i, r in enumerate(RULE_ROWS)])
+def test_rule_rows(rule, argv, expected):
+    assert redact_args(argv) == expected
+    line = redact_cmdline(argv, 10_000)
+    for a, e in zip(argv, expected):
+        if a != e:
+            assert "Hunter22" not in line and a not in line.split(" ")
+
+
+def test_every_rule_has_rows():
+    from exporter.redact import RULES
+    assert {name for name, _, _ in RULES} == {r[0] for r in RULE_ROWS}
+
+
+@pytest.mark.parametrize("argv,expected", FLAG_ROWS, ids=[" ".join(r[0])[:40] for r in FLAG_ROWS])
+def test_short_flag_rows(argv, expected):
+    assert redact_args(argv) == expected

@@ -433,7 +433,8 @@ def test_reload_keeps_cached_passwords_when_users_do_not_change(pki, tmp_path):
     path.write_text(path.read_text().replace("X-Frame-Options: deny", "X-Frame-Options: sameorigin"))
     assert sec.reload() is True and sec.current.headers["X-Frame-Options"] == "sameorigin"
     assert sec.current.auth.cached(header) is True
-    path.write_text("basic_auth_users: {prom: " + hashpw("other") + "}\n")
+    text = path.read_text()
+    path.write_text(text.replace(text.split("prom: ")[1].strip(), hashpw("other")))
     assert sec.reload() is True and sec.current.auth.cached(header) is None
     path.write_text("nonsense: 1\n")
     assert sec.reload(log_errors=False) is False

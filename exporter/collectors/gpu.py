@@ -481,7 +481,7 @@ class GPUProcessCollector(Collector):
         return out
 
     def _drm(self, now, table):
-        cards = [c for c in drm.list_cards(self.sysfs) if c.driver not in fdinfo.SKIP_DRIVERS]
+        cards = [c for c in drm.list_cards(self.sysfs) if c.driver not in fdinfo.SKIP_DRIVERS and c.renders]
         if not cards:
             return []
         by_key = {c.key: c for c in cards}

@@ -124,6 +124,8 @@ class ProcessCollector(Collector):
 
     def update(self, now):
         table = self.snapshot = self.scanner.scan(now, SHARE_WINDOW)
+        if not table.procs:     # not a procfs (a wrong --path.procfs): a failure, not an idle box
+            raise OSError(f"no processes under {self.scanner.procfs}")
         when = now if table.when is None else table.when
         dt = None
         if self.prev_when is not None and when > self.prev_when:
@@ -354,7 +356,7 @@ class ProcessCollector(Collector):
         if seen is not None and when - seen[0] < STRATUM_RECHECK:
             return seen[1]
         inodes = self.scanner.sockets(proc.pid)
-        hit = bool(self.scanner.tcp_remote_ports(proc.pid, inodes) & self.stratum_ports)
+        hit = bool(self.scanner.tcp_remote_ports(proc.pid, inodes, when) & self.stratum_ports)
         self._stratum[key] = (when, hit)
         return hit
 

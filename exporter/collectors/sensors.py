@@ -14,6 +14,7 @@ class SensorsCollector(Collector):
     def __init__(self, sysfs="/sys"):
         super().__init__()
         self.sysfs = sysfs
+        self.invalid = 0
 
     @classmethod
     def create(cls, config):
@@ -21,6 +22,7 @@ class SensorsCollector(Collector):
 
     def update(self, now):
         snap = self.snapshot = sensors.read_sensors(self.sysfs)
+        self.invalid += snap.invalid
         chip = gauge("hoofhearted_sensor_chip_info", "A sensor chip and the driver that provides it.",
                      ["chip", "chip_name"])
         for c, driver in sorted(snap.chips.items()):
@@ -54,7 +56,7 @@ class SensorsCollector(Collector):
                       ["chip", "sensor"])
         for p in snap.power:
             power.add_metric([p.chip, p.sensor], p.watts)
-        return [chip, temp, tmax, tcrit, rpm, rpm_max, rpm_min, pwm, power]
+        return [chip, temp, tmax, tcrit, rpm, rpm_max, rpm_min, pwm, power, invalid_family(self.name, self.invalid)]
 
     def hot(self, thresholds):
         if self.snapshot is None:
@@ -64,6 +66,14 @@ class SensorsCollector(Collector):
         if any(t.chip in cpu and t.celsius >= limit for t in self.snapshot.temperatures):
             return ("cpu_temperature",)
         return ()
+
+
+def invalid_family(collector, total):
+    fam = counter("hoofhearted_invalid_readings_total",
+                  "Readings refused as implausible (NaN, out of range, not a number, too long); never exported.",
+                  ["collector"])
+    fam.add_metric([collector], total)
+    return fam
 
 
 RAPL_FIX = ("run with CAP_DAC_READ_SEARCH (the systemd unit and docker-compose.yml do) or let a group read "
@@ -89,16 +99,19 @@ class RAPLCollector(Collector):
     def __init__(self, sysfs="/sys"):
         super().__init__()
         self.sysfs = sysfs
-        self.prev = {}       # domain -> (raw µJ, wrap offset µJ, total µJ, now)
+        self.prev = {}       # zone directory -> (raw µJ, wrap offset µJ, total µJ, now)
         self.logged = False
         self.reason = None
+        self.invalid = 0
 
     @classmethod
     def create(cls, config):
         return cls(config["paths"]["sysfs"])
 
     def update(self, now):
-        zones, denied = sensors.read_rapl(self.sysfs)
+        invalid = [0]
+        zones, denied = sensors.read_rapl(self.sysfs, invalid)
+        self.invalid += invalid[0]
         self.snapshot = zones
         self.reason = rapl_reason(zones, denied, self.sysfs)
         if not self.logged:
@@ -119,14 +132,14 @@ class RAPLCollector(Collector):
         seen = {}
         for z in zones:
             offset, total = 0, z.energy_uj
-            if z.domain in self.prev:
-                prev_raw, offset, prev_total, then = self.prev[z.domain]
+            if z.zone in self.prev:
+                prev_raw, offset, prev_total, then = self.prev[z.zone]
                 if z.energy_uj < prev_raw:  # the hardware counter wrapped
                     offset += z.max_energy_range_uj or prev_raw
                 total = z.energy_uj + offset
                 if now > then:
                     watts.add_metric([z.domain], (total - prev_total) / 1e6 / (now - then))
-            seen[z.domain] = (z.energy_uj, offset, total, now)
+            seen[z.zone] = (z.energy_uj, offset, total, now)
             energy.add_metric([z.domain], total / 1e6)
         self.prev = seen
-        return [readable, energy, watts]
+        return [readable, energy, watts, invalid_family(self.name, self.invalid)]

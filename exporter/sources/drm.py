@@ -12,6 +12,11 @@ from .host import read_text
 _CARD = re.compile(r"^card(\d+)$")
 _PCI = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 VENDORS = {"0x1002": "amd", "0x10de": "nvidia", "0x8086": "intel"}
+# Display-only drivers (server BMC adapters, firmware framebuffers, virtual consoles): no
+# render engine and no usage in fdinfo, so looking for their clients would only cost a full fd scan.
+DISPLAY_ONLY = {"ast", "mgag200", "hibmc-drm", "aspeed-gfx", "simpledrm", "efifb", "vesafb", "bochs-drm",
+                "bochs", "cirrus", "cirrus-qemu", "vboxvideo", "vmwgfx", "qxl", "udl", "gm12u320", "gud",
+                "hyperv_drm", "xlnx", "ofdrm", "mxsfb", "tidss"}
 
 
 @dataclass
@@ -21,6 +26,11 @@ class Card:
     driver: str             # 'amdgpu', 'i915', 'xe', 'nvidia', ...
     pci_slot: str           # '0000:09:00.0', or '' for a platform device
     vendor: str             # 'amd', 'nvidia', 'intel', or the PCI vendor id
+
+    @property
+    def renders(self):
+        """Whether the card can run work (a GPU) rather than only drive a display."""
+        return self.driver not in DISPLAY_ONLY
 
     @property
     def key(self):

@@ -9,6 +9,7 @@ CPU frequencies (psutil's paths are fixed to /sys) and the mount table (psutil r
 """
 import os
 import re
+import stat
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -33,12 +34,53 @@ def with_procfs(procfs, fn, *args, **kwargs):
             return fn(*args, **kwargs)
 
 
-def read_text(path):
+SYSFS_LIMIT = 8192              # a sysfs attribute is at most a page
+PROCFS_LIMIT = 16 << 20         # /proc tables: thousands of CPUs, mounts or interfaces fit
+
+
+class TooLarge(bytes):
+    """What read_bytes returns for a file over its limit: a reading no sensor could give."""
+
+
+def read_bytes(path, limit=SYSFS_LIMIT):
+    """At most ``limit`` bytes of a regular file, or None. Never blocks on a FIFO or a device
+    (opened non-blocking, and only regular files are read, as every sysfs and procfs file
+    is); a file longer than ``limit`` gives TooLarge(b"") instead of filling memory."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            b = os.read(fd, min(65536, limit + 1 - size))
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        if size > limit:
+            return TooLarge(b"")
+        return b"".join(chunks)
     except OSError:
         return None
+    finally:
+        os.close(fd)
+
+
+def read_text(path, limit=SYSFS_LIMIT):
+    """A small text file (sysfs attribute) as str, or None when it is missing, unreadable,
+    not a regular file or longer than ``limit``."""
+    data = read_bytes(path, limit)
+    if data is None or isinstance(data, TooLarge):
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def read_table(path):
+    """A procfs table (/proc/stat, mounts, net/dev): the same, with room for big machines."""
+    return read_text(path, PROCFS_LIMIT)
 
 
 @dataclass
@@ -95,7 +137,7 @@ def read_cpu(procfs, sysfs):
     total = _times(tuple(sum(c.modes[i] for c in cores.values()) for i in range(len(CPU_MODES))))
     snap = CPUSnapshot(total=total, cores=cores)
     snap.frequency_hz = read_cpu_frequency(procfs, sysfs, cores)
-    load = read_text(os.path.join(procfs, "loadavg"))
+    load = read_table(os.path.join(procfs, "loadavg"))
     if load:
         parts = load.split()
         snap.load = (float(parts[0]), float(parts[1]), float(parts[2]))
@@ -109,12 +151,12 @@ def read_cpu_frequency(procfs, sysfs, cores):
     for core in cores:
         for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
             text = read_text(os.path.join(base, f"cpu{core}", "cpufreq", name))
-            if text and text.strip().isdigit():
+            if text and text.strip().isascii() and text.strip().isdigit() and len(text.strip()) < 12:
                 out[core] = int(text) * 1000
                 break
     if out:
         return out
-    text = read_text(os.path.join(procfs, "cpuinfo")) or ""
+    text = read_table(os.path.join(procfs, "cpuinfo")) or ""
     core = None
     for line in text.splitlines():
         key, _, val = line.partition(":")
@@ -154,6 +196,8 @@ class DiskIO:
 
 
 def read_disks(procfs, exclude):
+    if not os.path.isfile(os.path.join(procfs, "diskstats")):    # a wrong --path.procfs: a failure
+        raise OSError(f"cannot read {os.path.join(procfs, 'diskstats')}")
     try:
         disks = with_procfs(procfs, psutil.disk_io_counters, perdisk=True, nowrap=False)
     except (OSError, NotImplementedError, ValueError):
@@ -177,7 +221,7 @@ def _unescape_mount(path):
 
 def real_fstypes(procfs):
     """Filesystem types backed by a device (no 'nodev' in /proc/filesystems)."""
-    text = read_text(os.path.join(procfs, "filesystems")) or ""
+    text = read_table(os.path.join(procfs, "filesystems")) or ""
     out = {"zfs"}
     for line in text.splitlines():
         parts = line.split()
@@ -187,7 +231,7 @@ def real_fstypes(procfs):
 
 
 def read_filesystems(procfs, rootfs, statvfs=os.statvfs):
-    text = read_text(os.path.join(procfs, "1", "mounts")) or read_text(os.path.join(procfs, "self", "mounts")) or ""
+    text = read_table(os.path.join(procfs, "1", "mounts")) or read_table(os.path.join(procfs, "self", "mounts")) or ""
     real = real_fstypes(procfs)
     seen, out = set(), []
     for line in text.splitlines():
@@ -223,5 +267,7 @@ def read_network(procfs, exclude):
             break
         except (OSError, ValueError, AssertionError):
             continue
+    if nics is None:             # a wrong --path.procfs: a failure, not a box without interfaces
+        raise OSError(f"cannot read {os.path.join(procfs, 'net', 'dev')}")
     pattern = re.compile(exclude)
-    return [NetIO(name, n.bytes_recv, n.bytes_sent) for name, n in (nics or {}).items() if not pattern.match(name)]
+    return [NetIO(name, n.bytes_recv, n.bytes_sent) for name, n in nics.items() if not pattern.match(name)]

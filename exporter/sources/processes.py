@@ -19,6 +19,8 @@ import pwd
 import re
 import threading
 
+from .host import PROCFS_LIMIT, read_bytes, read_text
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SETTLE_SECONDS = 1.0   # identity read younger than this is read again on the next pass
@@ -153,8 +155,9 @@ class UserNames:
     """uid -> name, from the host's passwd: rootfs/etc/passwd when rootfs is not '/' (then never
     this container's own user database, which would name the wrong users); the number otherwise."""
 
-    def __init__(self, rootfs="/"):
+    def __init__(self, rootfs="/", getpwuid=pwd.getpwuid):
         self.rootfs = rootfs or "/"
+        self.getpwuid = getpwuid
         self.names = {}
         self._file = None
         if os.path.realpath(self.rootfs) != "/":
@@ -163,14 +166,13 @@ class UserNames:
     @staticmethod
     def _read_passwd(path):
         out = {}
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    parts = line.split(":")
-                    if len(parts) > 2 and parts[2].isdigit():
-                        out.setdefault(int(parts[2]), parts[0])
-        except OSError:
+        text = read_text(path, PROCFS_LIMIT)
+        if text is None:
             return None
+        for line in text.splitlines():
+            parts = line.split(":")
+            if len(parts) > 2 and parts[2].isascii() and parts[2].isdigit():
+                out.setdefault(int(parts[2]), parts[0])
         return out
 
     def __call__(self, uid):
@@ -180,8 +182,10 @@ class UserNames:
                 name = self._file.get(uid)
             else:
                 try:
-                    name = pwd.getpwuid(uid).pw_name
-                except (KeyError, OverflowError):
+                    name = self.getpwuid(uid).pw_name
+                    # not UTF-8 in the user database: Python hands it over surrogate-escaped
+                    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                except (KeyError, OverflowError, UnicodeError):
                     name = None
             name = name or str(uid)
             self.names[uid] = name
@@ -193,7 +197,7 @@ class UserNames:
 def _read(path, dir_fd, size=4096):
     """Bytes of a small /proc file, or None when the process vanished or denies access."""
     try:
-        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -204,18 +208,21 @@ def _read(path, dir_fd, size=4096):
         os.close(fd)
 
 
-def _read_all(path, dir_fd):
+def _read_all(path, dir_fd, limit=4 << 20):
+    """A whole /proc file (cmdline), cut at ``limit`` (the kernel caps arguments lower)."""
     try:
-        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        chunks = []
-        while True:
+        chunks, size = [], 0
+        while size < limit:
             b = os.read(fd, 65536)
             if not b:
-                return b"".join(chunks)
+                break
             chunks.append(b)
+            size += len(b)
+        return b"".join(chunks)
     except OSError:
         return None
     finally:
@@ -230,24 +237,23 @@ class Scanner:
         self.gpu_pids = frozenset()
         self._raw = {}            # dir name -> (hash of its stat bytes, Proc)
         self._owners = {}         # cgroup bytes -> owner
+        self._tcp_tables = {}     # network namespace -> (refresh, {inode: remote port})
         self._lock = threading.Lock()
         self.boot_time = self._boot_time()
 
     def _boot_time(self):
         try:
-            with open(os.path.join(self.procfs, "stat"), "rb") as f:
-                for line in f:
-                    if line.startswith(b"btime "):
-                        return int(line.split()[1])
-        except (OSError, ValueError, IndexError):
+            for line in (read_bytes(os.path.join(self.procfs, "stat"), PROCFS_LIMIT) or b"").splitlines():
+                if line.startswith(b"btime "):
+                    return int(line.split()[1])
+        except (ValueError, IndexError):
             pass
         return None
 
     def _uptime(self):
         try:
-            with open(os.path.join(self.procfs, "uptime"), "rb") as f:
-                return float(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+            return float((read_bytes(os.path.join(self.procfs, "uptime")) or b"").split()[0])
+        except (ValueError, IndexError):
             return None
 
     def note_gpu_pids(self, pids):
@@ -400,27 +406,44 @@ class Scanner:
                     pass
         return out
 
-    def tcp_remote_ports(self, pid, inodes):
-        """Remote ports of established/connecting TCP sockets among ``inodes``, seen from pid's netns."""
-        ports = set()
+    def tcp_remote_ports(self, pid, inodes, when=None):
+        """Remote ports of established/connecting TCP sockets among ``inodes``, seen from pid's netns.
+        Lookups with the same ``when`` (one refresh) share each namespace's table."""
         if not inodes:
-            return ports
+            return set()
+        table = self._tcp_table(pid, when)
+        return {table[i] for i in inodes if i in table}
+
+    def _tcp_table(self, pid, when):
+        """{socket inode: remote port} of pid's network namespace. The table is the same for every
+        process in a namespace (19k sockets cost 125-160 ms to parse), so one refresh reads it once
+        per namespace, not once per process."""
+        try:
+            ns = os.readlink(os.path.join(self.procfs, str(pid), "ns", "net"))
+        except OSError:
+            ns = None
+        if ns is not None and when is not None:
+            hit = self._tcp_tables.get(ns)
+            if hit is not None and hit[0] == when:
+                return hit[1]
+        table = {}
         for fname in ("tcp", "tcp6"):
-            try:
-                with open(os.path.join(self.procfs, str(pid), "net", fname), "rb") as f:
-                    lines = f.read().splitlines()[1:]
-            except OSError:
+            data = read_bytes(os.path.join(self.procfs, str(pid), "net", fname), PROCFS_LIMIT)
+            if not data:
                 continue
-            for line in lines:
+            for line in data.splitlines()[1:]:
                 parts = line.split()
                 if len(parts) < 10 or parts[3] not in (b"01", b"02"):   # ESTABLISHED, SYN_SENT
                     continue
                 try:
-                    if int(parts[9]) in inodes:
-                        ports.add(int(parts[2].rpartition(b":")[2], 16))
+                    table[int(parts[9])] = int(parts[2].rpartition(b":")[2], 16)
                 except ValueError:
                     continue
-        return ports
+        if ns is not None and when is not None:
+            if len(self._tcp_tables) > 256:
+                self._tcp_tables = {k: v for k, v in self._tcp_tables.items() if v[0] == when}
+            self._tcp_tables[ns] = (when, table)
+        return table
 
 
 _shared = {}

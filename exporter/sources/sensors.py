@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .host import read_text
+from .host import TooLarge, read_bytes, read_text
 
 _SENSOR_FILE = re.compile(r"^(temp|fan|pwm|power)(\d+)(?:_(.+))?$")
 _CLEAN = re.compile(r"[^a-z0-9:_]")
@@ -64,18 +64,60 @@ class SensorsSnapshot:
     fans: list = field(default_factory=list)
     pwms: list = field(default_factory=list)
     power: list = field(default_factory=list)
+    invalid: int = 0                            # readings refused as implausible
 
     def cpu_chips(self):
         return {c for c, driver in self.chips.items() if driver in CPU_CHIPS}
 
 
+# What a sysfs number looks like: ASCII digits, an optional sign and fraction. float() would also
+# take 'nan', 'inf', '1_000' and digits of other scripts.
+_NUMBER = re.compile(rb"[ \t]*(-?[0-9]{1,15}(?:\.[0-9]{1,9})?)[ \t]*\n?")
+
+# Plausible readings, in the units exported; anything else is a broken or lying sensor.
+CELSIUS = (-60.0, 250.0)
+RPM = (0.0, 100000.0)
+WATTS = (0.0, 100000.0)
+PWM = (0.0, 255.0)
+
+
+class Invalid(float):
+    """A reading that was there but is not a plausible number: counted, never exported."""
+
+
+INVALID = Invalid("nan")
+
+
 def _number(text):
+    """A sysfs number (str or bytes) -> float; None when empty, INVALID when not a number."""
     if text is None:
         return None
-    try:
-        return float(text.strip())
-    except ValueError:
+    if isinstance(text, TooLarge):
+        return INVALID
+    if isinstance(text, str):
+        text = text.encode("utf-8", "replace")
+    if not text.strip():
         return None
+    m = _NUMBER.fullmatch(text)
+    return float(m.group(1)) if m else INVALID
+
+
+def _read_number(path):
+    return _number(read_bytes(path))
+
+
+def _check(value, scale, bounds, snap):
+    """value / scale when within bounds; None (counted in snap.invalid) when not."""
+    if value is None:
+        return None
+    if value is INVALID:
+        snap.invalid += 1
+        return None
+    v = value / scale
+    if not bounds[0] <= v <= bounds[1]:
+        snap.invalid += 1
+        return None
+    return v
 
 
 def _device_name(hwmon_dir):
@@ -144,31 +186,35 @@ def read_hwmon(sysfs, snap):
         files = _sensor_files(os.path.join(d, "device"))
         files.update(_sensor_files(d))
         for (kind, num), props in sorted(files.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
-            read = lambda p: _number(read_text(props[p])) if p in props else None  # noqa: E731
+            read = lambda p: _read_number(props[p]) if p in props else None  # noqa: E731
             label = (read_text(props["label"]) or "").strip() if "label" in props else ""
             if kind == "temp":
-                value = read("input")
+                value = _check(read("input"), 1000, CELSIUS, snap)
                 if value is None:
                     continue
                 mx, crit = read("max"), read("crit")
                 snap.temperatures.append(Temperature(
-                    chip, f"temp{num}", label, value / 1000,
-                    mx / 1000 if mx else None, crit / 1000 if crit else None))
+                    chip, f"temp{num}", label, value,
+                    _check(mx, 1000, CELSIUS, snap) if mx else None,
+                    _check(crit, 1000, CELSIUS, snap) if crit else None))
             elif kind == "fan":
-                rpm = read("input")
+                rpm = _check(read("input"), 1, RPM, snap)
                 if rpm is None:
                     continue
-                snap.fans.append(Fan(chip, f"fan{num}", label, rpm, read("max") or None, read("min")))
+                mx, mn = read("max"), read("min")
+                snap.fans.append(Fan(chip, f"fan{num}", label, rpm, _check(mx, 1, RPM, snap) if mx else None,
+                                     _check(mn, 1, RPM, snap)))
             elif kind == "pwm":
-                value = read("")
+                value = _check(read(""), 255, (0.0, 1.0), snap)
                 if value is not None:
-                    snap.pwms.append(Pwm(chip, f"fan{num}", min(1.0, max(0.0, value / 255))))
+                    snap.pwms.append(Pwm(chip, f"fan{num}", value))
             elif kind == "power":
                 value = read("input")
                 if value is None:
                     value = read("average")
+                value = _check(value, 1e6, WATTS, snap)
                 if value is not None:
-                    snap.power.append(Power(chip, label or f"power{num}", value / 1e6))
+                    snap.power.append(Power(chip, label or f"power{num}", value))
 
 
 def read_thermal_zones(sysfs, snap):
@@ -179,7 +225,7 @@ def read_thermal_zones(sysfs, snap):
         return
     for zone in zones:
         d = os.path.join(base, zone)
-        value = _number(read_text(os.path.join(d, "temp")))
+        value = _check(_read_number(os.path.join(d, "temp")), 1000, CELSIUS, snap)
         if value is None:
             continue
         kind = (read_text(os.path.join(d, "type")) or "").strip()
@@ -189,10 +235,10 @@ def read_thermal_zones(sysfs, snap):
             if ttype is None:
                 break
             if ttype.strip() == "critical":
-                crit = _number(read_text(os.path.join(d, f"trip_point_{i}_temp")))
+                crit = _read_number(os.path.join(d, f"trip_point_{i}_temp"))
         snap.chips[zone] = kind
-        snap.temperatures.append(Temperature(zone, "temp", kind, value / 1000, None,
-                                             crit / 1000 if crit else None))
+        snap.temperatures.append(Temperature(zone, "temp", kind, value, None,
+                                             _check(crit, 1000, CELSIUS, snap) if crit else None))
 
 
 def read_sensors(sysfs):
@@ -204,13 +250,19 @@ def read_sensors(sysfs):
 
 @dataclass
 class RAPLZone:
-    domain: str          # 'package-0', 'package-0/core'
+    domain: str          # 'package-0', 'package-0/core'; unique among the zones read together
     energy_uj: int
     max_energy_range_uj: int = None
+    zone: str = ""       # the powercap directory ('intel-rapl:0'): the key, as node_exporter keys it
 
 
-def read_rapl(sysfs):
-    """Energy counters of every powercap zone; unreadable zones (root-only) are skipped."""
+def read_rapl(sysfs, invalid=None):
+    """Energy counters of every powercap zone; unreadable zones (root-only) are skipped.
+
+    ``intel-rapl:0`` and ``intel-rapl-mmio:0`` are both named 'package-0': zones are keyed by
+    directory, and a domain name taken already gets its control type added
+    ('package-0 (intel-rapl-mmio)'). Implausible counters are skipped and counted in
+    ``invalid`` (a one-element list) when given."""
     base = os.path.join(sysfs, "class", "powercap")
     try:
         names = sorted(os.listdir(base))
@@ -224,17 +276,32 @@ def read_rapl(sysfs):
         if not name or ":" not in n:
             continue
         by_dir[n] = name
-    for n, name in by_dir.items():
+    # the plain control type first, so 'intel-rapl:0' keeps the plain 'package-0'
+    order = sorted(by_dir, key=lambda n: (len(n.split(":", 1)[0]), n))
+    used = set()
+    for n in order:
+        name = by_dir[n]
         parent = n.rsplit(":", 1)[0]
         domain = f"{by_dir[parent]}/{name}" if parent in by_dir and parent != n else name
+        if domain in used:
+            domain = f"{domain} ({n.split(':', 1)[0]})"
+        used.add(domain)
+        path = os.path.join(base, n, "energy_uj")
         try:
-            with open(os.path.join(base, n, "energy_uj")) as f:
-                energy = int(f.read().strip())
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            os.close(fd)
         except PermissionError:
             denied.append(domain)
             continue
-        except (OSError, ValueError):
+        except OSError:
             continue
-        rng = _number(read_text(os.path.join(base, n, "max_energy_range_uj")))
-        zones.append(RAPLZone(domain, energy, int(rng) if rng else None))
+        energy = _read_number(path)
+        rng = _read_number(os.path.join(base, n, "max_energy_range_uj"))
+        if energy is None:
+            continue
+        if energy is INVALID or energy < 0 or (rng and rng is not INVALID and energy > rng):
+            if invalid is not None:
+                invalid[0] += 1
+            continue
+        zones.append(RAPLZone(domain, int(energy), int(rng) if rng and rng is not INVALID and rng > 0 else None, n))
     return zones, denied
