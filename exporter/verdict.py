@@ -20,6 +20,8 @@ import os
 import socket
 import time
 
+from .textsafe import terminal
+
 VERSION = 1
 RANKS = 3                 # culprits exported as metrics
 SHOWN = 5                 # culprits in the JSON and in `why`
@@ -37,10 +39,7 @@ RADIO_CHIPS = ("ieee80211", "iwlwifi", "ath1", "ath9", "mt7", "rtw", "brcm", "wi
 
 def clean(text):
     """A name fit for a terminal line or a chat message: control characters shown as '?' (as ps)."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else "?" for c in text)
+    return terminal(str(text))
 
 
 # -- reading the families ------------------------------------------------------------------
