@@ -4,7 +4,7 @@ import os
 import sys
 
 import pytest
-from prometheus_client import CollectorRegistry
+from test_gpu_nvidia import Clock, registry, value
 
 from conftest import ROOT
 from proctree import Tree, passwd
@@ -22,23 +22,7 @@ H200 = {"gpu": "1", "uuid": "GPU-00000000-0000-0000-0000-000000000001"}
 GEFORCE = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000"}
 
 
-class Clock:
-    def __init__(self, t=1_800_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-def collect(*collectors):
-    reg = CollectorRegistry()
-    for c in collectors:
-        reg.register(c)
-    return reg
-
-
-def value(reg, metric, **labels):
-    return reg.get_sample_value(metric, labels)
+collect = registry     # from test_gpu_nvidia: the collectors in a fresh CollectorRegistry
 
 
 def series(reg, metric):
