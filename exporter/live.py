@@ -170,7 +170,6 @@ class LiveSink:
         self.wall = wall
         self.host = host or socket.gethostname()
         self.counts = dict.fromkeys(RESULTS, 0)
-        self.version = 0
         self.conn = None
         self.conn_fresh = False
         self.failing = None
@@ -178,8 +177,7 @@ class LiveSink:
         self._cond = threading.Condition()
         self._stop = False
         self._thread = None
-        self._parts = self._om = None
-        self._render()
+        self.rendered = render.Rendered(self.families())
 
     # -- sink interface --------------------------------------------------------------------
 
@@ -232,18 +230,18 @@ class LiveSink:
         return [pushes]
 
     def _render(self):
-        fams = self.families()
-        self._parts, self._om = render.text_parts(fams), None
-        self._fams = fams
-        self.version += 1
+        self.rendered.set(self.families())
+
+    # what the scheduler joins into /metrics
+    @property
+    def version(self):
+        return self.rendered.version
 
     def parts(self):
-        return self._parts
+        return self.rendered.parts()
 
     def om_parts(self):
-        if self._om is None:
-            self._om = render.openmetrics_parts(self._fams)
-        return self._om
+        return self.rendered.om_parts()
 
     # -- one push --------------------------------------------------------------------------
 

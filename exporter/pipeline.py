@@ -25,39 +25,12 @@ INPUTS = {"cpu", "memory", "sensors", "process", "gpu_process", "nvidia", "amdgp
 class Published(NamedTuple):
     verdict: dict          # the /api/verdict object
     collectors: list       # collectors whose last refresh is fresh, for sinks that want raw families
-    tier: str              # "critical": published at most once per critical interval
-    wall: float
 
 
-class RenderedParts:
-    """Families of a stage or sink, rendered once per change, joined into /metrics by the scheduler."""
-
-    def __init__(self):
-        self.version = 0
-        self._families = []
-        self._text = []
-        self._om = (None, [])
-
-    def set(self, families):
-        self._families = families
-        self._text = render.text_parts(families)
-        self.version += 1
-
-    def parts(self):
-        return self._text
-
-    def om_parts(self):
-        cached = self._om
-        if cached[0] is not self._families:
-            cached = self._om = (self._families, render.openmetrics_parts(self._families))
-        return cached[1]
-
-
-class VerdictStage(RenderedParts):
+class VerdictStage(render.Rendered):
     """Recomputes the verdict when an input collector refreshed, at most twice per critical interval."""
 
     def __init__(self, scheduler, config, clock=time.monotonic, wall=time.time, host=None):
-        super().__init__()
         self.scheduler = scheduler
         self.clock, self.wall, self.host = clock, wall, host
         self.interval = config["tiers"]["critical"]
@@ -75,7 +48,7 @@ class VerdictStage(RenderedParts):
         self._lock = threading.Lock()
         self.attributor = attribution.Attributor(clock=scheduler.clock)
         scheduler.on_refresh.append(self._on_refresh)
-        self.set(verdict.families(self._empty()) + self.attributor.families())
+        super().__init__(verdict.families(self._empty()) + self.attributor.families())
 
     def _empty(self):
         return {"measuring": True, "sensors": {"temperature": 0, "fan": 0}, "culprits": []}
@@ -95,15 +68,16 @@ class VerdictStage(RenderedParts):
         fresh = [j.collector for j in self.scheduler.jobs if j.success and not j.stale(now)]
         pending = {j.name for j in jobs if j.last_success is None}
         failing = {j.name for j in jobs if j.last_success is not None and j.collector not in fresh}
-        power = attribute(self.attributor, fresh, now)
+        m = verdict.index(fresh)
+        power = attribute(self.attributor, fresh, now, m)
         report = verdict.compute(fresh, host=self.host, wall=self.wall, reason=self.reason, pending=pending,
-                                 failing=failing, cache=self._cache, power=power)
+                                 failing=failing, cache=self._cache, power=power, m=m)
         self._say_sensors(report, jobs)
         body = json.dumps(report, separators=(",", ":")).encode("utf-8")
         with self._lock:
             self._latest, self._body = report, body
         self.set(verdict.families(report) + self.attributor.families())
-        event = Published(report, fresh, "critical", report["time"])
+        event = Published(report, fresh)
         for cb in list(self.subscribers):
             try:
                 cb(event)
@@ -159,12 +133,12 @@ class VerdictStage(RenderedParts):
             self._thread.join(timeout)
 
 
-def attribute(attributor, collectors, now=None):
-    """Watts per process from the same fresh refreshes the verdict reads."""
+def attribute(attributor, collectors, now=None, m=None):
+    """Watts per process from the same fresh refreshes the verdict reads (``m``: their index)."""
     by_name = {c.name: c for c in collectors}
     proc, gpu = by_name.get("process"), by_name.get("gpu_process")
     entries = (getattr(gpu, "snapshot", None) or ()) if gpu is not None else ()
-    return attributor.update(verdict.index(collectors), proc, entries, now)
+    return attributor.update(verdict.index(collectors) if m is None else m, proc, entries, now)
 
 
 class Pipeline:

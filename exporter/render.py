@@ -118,3 +118,22 @@ def openmetrics(families):
 
     body = om.generate_latest(_Families([f for f in families if f.samples]))
     return body[: -len(b"# EOF\n")] if body.endswith(b"# EOF\n") else body
+
+
+class Rendered:
+    """Families of a stage or sink (the verdict, Grafana Live's counters), rendered in both formats
+    when they change, so the scrape that joins them into /metrics only joins bytes."""
+
+    def __init__(self, families=()):
+        self.version = 0
+        self.set(list(families))
+
+    def set(self, families):
+        self._text, self._om = text_parts(families), openmetrics_parts(families)
+        self.version += 1
+
+    def parts(self):
+        return self._text
+
+    def om_parts(self):
+        return self._om

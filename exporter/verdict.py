@@ -484,15 +484,16 @@ def missing_sensors_reason(sysfs="/sys", procfs="/proc", dev="/dev"):
 
 # -- the whole answer ----------------------------------------------------------------------
 
-def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(), cache=None, power=None):
+def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(), cache=None, power=None,
+            m=None):
     """The verdict as a dict (the /api/verdict JSON) from the fresh collectors' last refresh.
 
     ``pending``: collectors that exist but have not refreshed yet; ``failing``: ones whose data
     is missing now (failed or stale). ``cache``: a dict kept between calls, so the culprits are
     ranked again only when the process or GPU-process snapshot changed. ``power``: an
     attribution.Attribution of the same refreshes, or None (then no watts and the sentences
-    without power)."""
-    m = index(collectors)
+    without power). ``m``: index(collectors), when the caller has it already."""
+    m = index(collectors) if m is None else m
     by_name = {c.name: c for c in collectors}
     names = gpu_names(m)
     temps, fan_list, gpu_list = temperatures(m, names), fans(m, names), gpus(m, names)
