@@ -15,6 +15,7 @@ from .. import config as cfgmod
 from ..sources import bmc_ipmi
 from ..sources.bmc import BMCError, scrub
 from .base import Collector, gauge
+from .sensors import add_temperature, reading_families
 
 log = logging.getLogger("hoofhearted.bmc")
 
@@ -118,18 +119,11 @@ class BMCCollector(Collector):
         up = gauge("hoofhearted_bmc_up", "Whether the BMC answered the last read in time.", ["bmc"])
         info = gauge("hoofhearted_bmc_info", "A BMC read by the exporter: protocol and the chip label of its series.",
                      ["bmc", "protocol", "chip"])
-        temp = gauge("hoofhearted_temperature_celsius", "Temperature reading of a sensor.", ["chip", "sensor", "label"])
-        tmax = gauge("hoofhearted_temperature_max_celsius", "Temperature above which the sensor reports 'high'.",
-                     ["chip", "sensor", "label"])
-        tcrit = gauge("hoofhearted_temperature_critical_celsius",
-                      "Temperature at which the hardware protects itself.", ["chip", "sensor", "label"])
-        rpm = gauge("hoofhearted_fan_speed_rpm", "Fan speed.", ["chip", "fan", "label"])
-        rpm_max = gauge("hoofhearted_fan_max_rpm", "Highest speed the fan is rated for.", ["chip", "fan"])
+        r = reading_families()
+        temp, tmax, tcrit, rpm, rpm_max, power = r.temp, r.tmax, r.tcrit, r.rpm, r.rpm_max, r.power
         ratio = gauge("hoofhearted_fan_speed_ratio",
                       "Fan speed as a fraction of full speed (0-1), for fans reported in percent (BMCs).",
                       ["chip", "fan", "label"])
-        power = gauge("hoofhearted_power_watts", "Power drawn, as reported by a hardware monitor.",
-                      ["chip", "sensor"])
         snapshots = {}
         for t in self.targets:
             info.add_metric([t.name, t.protocol, t.chip], 1)
@@ -142,13 +136,8 @@ class BMCCollector(Collector):
             if err:
                 continue
             snapshots[t.name] = snap
-            for r in snap.temperatures:
-                labels = [t.chip, r.sensor, r.label]
-                temp.add_metric(labels, r.celsius)
-                if r.max_celsius is not None:
-                    tmax.add_metric(labels, r.max_celsius)
-                if r.critical_celsius is not None:
-                    tcrit.add_metric(labels, r.critical_celsius)
+            for reading in snap.temperatures:
+                add_temperature(r, t.chip, reading)
             for f in snap.fans:
                 if f.rpm is not None:
                     rpm.add_metric([t.chip, f.fan, f.label], f.rpm)

@@ -1,11 +1,44 @@
 """Sensors: temperatures, fans, PWM and power (hwmon, thermal zones); RAPL CPU energy."""
 import logging
+from typing import NamedTuple
 
 from ..sources import sensors
 from .base import Collector, counter, gauge
 
 log = logging.getLogger("hoofhearted.sensors")
 
+
+
+class Readings(NamedTuple):
+    temp: object
+    tmax: object
+    tcrit: object
+    rpm: object
+    rpm_max: object
+    power: object
+
+
+def reading_families():
+    """The families every source of sensor readings fills (hwmon here, BMCs in collectors/bmc.py):
+    declared once, so the scrape that joins them has one HELP and one label set each."""
+    tl = ["chip", "sensor", "label"]
+    return Readings(
+        gauge("hoofhearted_temperature_celsius", "Temperature reading of a sensor.", tl),
+        gauge("hoofhearted_temperature_max_celsius", "Temperature above which the sensor reports 'high'.", tl),
+        gauge("hoofhearted_temperature_critical_celsius", "Temperature at which the hardware protects itself.", tl),
+        gauge("hoofhearted_fan_speed_rpm", "Fan speed.", ["chip", "fan", "label"]),
+        gauge("hoofhearted_fan_max_rpm", "Highest speed the fan is rated for.", ["chip", "fan"]),
+        gauge("hoofhearted_power_watts", "Power drawn, as reported by a hardware monitor.", ["chip", "sensor"]))
+
+
+def add_temperature(r, chip, t):
+    """A temperature with its limits, where the source gives them."""
+    labels = [chip, t.sensor, t.label]
+    r.temp.add_metric(labels, t.celsius)
+    if t.max_celsius is not None:
+        r.tmax.add_metric(labels, t.max_celsius)
+    if t.critical_celsius is not None:
+        r.tcrit.add_metric(labels, t.critical_celsius)
 
 class SensorsCollector(Collector):
     name = "sensors"
@@ -27,21 +60,10 @@ class SensorsCollector(Collector):
                      ["chip", "chip_name"])
         for c, driver in sorted(snap.chips.items()):
             chip.add_metric([c, driver], 1)
-        temp = gauge("hoofhearted_temperature_celsius", "Temperature reading of a sensor.",
-                     ["chip", "sensor", "label"])
-        tmax = gauge("hoofhearted_temperature_max_celsius", "Temperature above which the sensor reports 'high'.",
-                     ["chip", "sensor", "label"])
-        tcrit = gauge("hoofhearted_temperature_critical_celsius",
-                      "Temperature at which the hardware protects itself.", ["chip", "sensor", "label"])
+        r = reading_families()
+        temp, tmax, tcrit, rpm, rpm_max, power = r.temp, r.tmax, r.tcrit, r.rpm, r.rpm_max, r.power
         for t in snap.temperatures:
-            labels = [t.chip, t.sensor, t.label]
-            temp.add_metric(labels, t.celsius)
-            if t.max_celsius is not None:
-                tmax.add_metric(labels, t.max_celsius)
-            if t.critical_celsius is not None:
-                tcrit.add_metric(labels, t.critical_celsius)
-        rpm = gauge("hoofhearted_fan_speed_rpm", "Fan speed.", ["chip", "fan", "label"])
-        rpm_max = gauge("hoofhearted_fan_max_rpm", "Highest speed the fan is rated for.", ["chip", "fan"])
+            add_temperature(r, t.chip, t)
         rpm_min = gauge("hoofhearted_fan_min_rpm", "Lowest speed the fan is set to.", ["chip", "fan"])
         for f in snap.fans:
             rpm.add_metric([f.chip, f.fan, f.label], f.rpm)
@@ -52,8 +74,6 @@ class SensorsCollector(Collector):
         pwm = gauge("hoofhearted_fan_pwm_ratio", "Fan drive duty cycle (0-1).", ["chip", "fan"])
         for p in snap.pwms:
             pwm.add_metric([p.chip, p.fan], p.ratio)
-        power = gauge("hoofhearted_power_watts", "Power drawn, as reported by a hardware monitor.",
-                      ["chip", "sensor"])
         for p in snap.power:
             power.add_metric([p.chip, p.sensor], p.watts)
         return [chip, temp, tmax, tcrit, rpm, rpm_max, rpm_min, pwm, power, invalid_family(self.name, self.invalid)]
