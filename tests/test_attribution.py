@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from proctree import Tree, passwd
-from test_verdict import FANS, HOST, Stub, Table, families, proc
+from test_verdict import FANS, GPU, HOST, Stub, Table, families, proc
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -108,16 +108,6 @@ def test_without_power_the_sentences_stay():
     # a counter that did not move is no reading
     r, power = run_power(procs, rates, rapl='hoofhearted_cpu_power_watts{domain="package-0"} 0\n')
     assert power.domains == [] and r["sentence"].endswith("uses 0.74 cores.")
-
-
-GPU = """
-hoofhearted_gpu_info{gpu="0",uuid="GPU-1",name="NVIDIA H100",vendor="nvidia",driver_version="1",pci_bus_id="x"} 1
-hoofhearted_gpu_utilization_ratio{gpu="0",uuid="GPU-1"} 0.97
-hoofhearted_gpu_temperature_celsius{gpu="0",uuid="GPU-1"} 83
-hoofhearted_gpu_temperature_slowdown_celsius{gpu="0",uuid="GPU-1"} 90
-hoofhearted_gpu_fan_speed_ratio{gpu="0",uuid="GPU-1",fan="0"} 0.65
-hoofhearted_gpu_power_watts{gpu="0",uuid="GPU-1"} 310
-"""
 
 
 def test_gpu_chain_in_one_sentence():
