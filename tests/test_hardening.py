@@ -88,7 +88,9 @@ def test_slowloris_does_not_stop_a_normal_scrape(start_exporter):
             worst = max(worst, time.perf_counter() - t)
             assert r.status_code == 200 and "hoofhearted_temperature_celsius" in r.text
             time.sleep(0.1)
-        assert worst < 1.0, worst
+        # held up by the slow clients, a scrape would wait out their 3 s read timeout; 200 of them
+        # dripping keep the event loop busy, so on a loaded 2-core machine one scrape can take ~1 s
+        assert worst < 2.0, worst
         assert threads_of(exp.proc.pid) == threads_before
     finally:
         stop.set()
