@@ -5,6 +5,8 @@ COLLECTORS is the one place a collector is declared: its name (config key under
 and its default tier. A factory's ``create(config)`` takes the validated config and returns a
 Collector, or None when there is nothing to collect on this machine (the collector is then
 simply absent). A collector's own settings live in the config section of the same name.
+A collector with ``reads = "<name>"`` gets that collector as ``source`` and is left out when
+it is.
 """
 import importlib
 from typing import NamedTuple
@@ -24,6 +26,7 @@ COLLECTORS = {
     "sensors": Declared("exporter.collectors.sensors:SensorsCollector", "critical"),
     "rapl": Declared("exporter.collectors.sensors:RAPLCollector", "standard"),
     "process": Declared("exporter.collectors.process:ProcessCollector", "important"),
+    "process_cpu": Declared("exporter.collectors.process_cpu:ProcessCPUCollector", "critical"),
     "nvidia": Declared("exporter.collectors.gpu:NvidiaCollector", "critical"),
     "nvidia_pcie": Declared("exporter.collectors.gpu:NvidiaPcieCollector", "background"),
     "amdgpu": Declared("exporter.collectors.gpu:AMDGPUCollector", "critical"),
@@ -50,4 +53,10 @@ def build(config):
         c = factory(name).create(config)
         if c is not None:
             out.append(c)
+    by_name = {c.name: c for c in out}
+    for c in list(out):
+        if getattr(c, "reads", None):
+            c.source = by_name.get(c.reads)
+            if c.source is None:
+                out.remove(c)
     return out

@@ -100,6 +100,7 @@ class ProcessCollector(Collector):
         self.rates = {}           # pid -> cores of every process with a known rate
         self.rated = False        # rates come from two passes (not lifetime averages)
         self._held = {}           # (pid, starttime) -> last time in the top
+        self.exported = []        # [((pid, starttime), label values)] of the last refresh
         self._miner_names = {}    # Identity -> reason or None
         self._stratum = {}        # (pid, starttime) -> (checked at, bool)
 
@@ -265,7 +266,7 @@ class ProcessCollector(Collector):
 
     # -- families ---------------------------------------------------------------------------
 
-    def _labels(self):
+    def labels(self):
         return ["pid", "name", "user", "owner"] + (["cmdline"] if self.cmdline else [])
 
     def _values(self, proc):
@@ -276,21 +277,21 @@ class ProcessCollector(Collector):
         return v
 
     def _process_families(self, table, rates):
-        labels = self._labels()
+        labels = self.labels()
         cpu = gauge("hoofhearted_process_cpu_usage_cores",
                     "CPU cores a top process used since the last refresh (4.0 = four cores busy).", labels)
         mem = gauge("hoofhearted_process_resident_memory_bytes", "Resident memory of a top process.", labels)
-        seconds = counter("hoofhearted_process_cpu_seconds",
-                          "CPU seconds a top process used since it started (user and system).", labels)
         threads = gauge("hoofhearted_process_threads", "Threads of a top process.", labels)
+        exported = []
         for proc, cores in self.top:
             v = self._values(proc)
-            seconds.add_metric(v, proc.cpu_seconds)
+            exported.append((proc.key, v))
             if cores is not None:
                 cpu.add_metric(v, cores)
             mem.add_metric(v, proc.rss_bytes)
             threads.add_metric(v, proc.threads)
-        return [cpu, seconds, mem, threads]
+        self.exported = exported     # the process_cpu collector's counters: same processes, same labels
+        return [cpu, mem, threads]
 
     def _group_families(self, have_rates):
         total = counter("hoofhearted_process_group_cpu_seconds",

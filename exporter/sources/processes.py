@@ -229,6 +229,30 @@ def _read_all(path, dir_fd, limit=4 << 20):
         os.close(fd)
 
 
+def cpu_seconds(procfs, keys):
+    """{(pid, start ticks): CPU seconds now} for ``keys``, read from each /proc/PID/stat alone.
+    A process that is gone, or whose pid now belongs to another process, is left out."""
+    out = {}
+    try:
+        dfd = os.open(procfs, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return out
+    try:
+        for pid, start in keys:
+            data = _read(f"{pid}/stat", dfd, 1024)
+            if not data:
+                continue
+            f = data[data.rfind(b")") + 2:].split()
+            try:
+                if int(f[19]) == start:
+                    out[(pid, start)] = (int(f[11]) + int(f[12])) / CLK_TCK
+            except (ValueError, IndexError):
+                continue
+    finally:
+        os.close(dfd)
+    return out
+
+
 class Scanner:
     def __init__(self, procfs="/proc", rootfs="/", users=None):
         self.procfs = procfs
