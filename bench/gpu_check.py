@@ -74,6 +74,10 @@ CHECKS = [
      {"reason": "sw_thermal_slowdown"}, 1e6, 2e6, 0.01),
     ("clocks_event_reasons_counters.sync_boost", "hoofhearted_gpu_clock_event_seconds_total",
      {"reason": "sync_boost"}, 1e6, 2e6, 0.01),
+    ("clocks_event_reasons_counters.hw_thermal_slowdown", "hoofhearted_gpu_clock_event_seconds_total",
+     {"reason": "hw_thermal_slowdown"}, 1e6, 2e6, 0.01),
+    ("clocks_event_reasons_counters.hw_power_brake_slowdown", "hoofhearted_gpu_clock_event_seconds_total",
+     {"reason": "hw_power_brake_slowdown"}, 1e6, 2e6, 0.01),
 ]
 GPU_FIELDS = ["uuid", "index", "name"] + [c[0] for c in CHECKS]
 APP_FIELDS = ["gpu_uuid", "pid", "process_name", "used_gpu_memory"]

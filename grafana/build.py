@@ -589,6 +589,11 @@ def gpu():
         overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
                    override("#C", custom__axisPlacement="right")],
         description="Links up against links present; errors over all links."), 8, 8)
+    b.add(timeseries("NVLink traffic", targets(
+        (f"rate(hoofhearted_gpu_nvlink_receive_bytes_total{{{IG}}}[$__rate_interval])", "rx"),
+        (f"rate(hoofhearted_gpu_nvlink_transmit_bytes_total{{{IG}}}[$__rate_interval])", "tx")),
+        unit="Bps", minimum=0, no_data="No NVLink traffic counters from this GPU's driver",
+        description="Payload over all links, from the driver's counters."), 8, 8)
 
     b.row("Processes on the GPUs")
     b.add(table("GPU processes", targets(

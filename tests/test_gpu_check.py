@@ -50,11 +50,11 @@ def statuses(results):
 
 
 @pytest.mark.parametrize("capture,expected", [
-    (scenarios.H100, {"agree": 37, "n/a": 4}),
-    (scenarios.H100_MIG, {"agree": 29, "n/a": 12}),
-    (scenarios.RTX2080, {"agree": 26, "n/a": 14}),
-    (scenarios.RTX4080, {"agree": 27, "n/a": 14}),
-    (scenarios.RTX2080_WINDOWS, {"agree": 24, "n/a": 35}),
+    (scenarios.H100, {"agree": 39, "n/a": 4}),
+    (scenarios.H100_MIG, {"agree": 31, "n/a": 12}),
+    (scenarios.RTX2080, {"agree": 28, "n/a": 14}),
+    (scenarios.RTX4080, {"agree": 29, "n/a": 14}),
+    (scenarios.RTX2080_WINDOWS, {"agree": 26, "n/a": 35}),
 ])
 def test_every_shared_reading_agrees_with_nvidia_smi(capture, expected):
     gpus, apps = smi(capture)
@@ -94,7 +94,7 @@ def test_a_wrong_unit_a_wrong_value_and_a_missing_reading_are_reported():
                    "enforced.power.limit": "missing"}
     assert gpu_check.failed(results)
     body = gpu_check.report(results, "test")
-    assert "Summary: 23 agree, 2 differ, 1 missing, 14 n/a" in body
+    assert "Summary: 25 agree, 2 differ, 1 missing, 14 n/a" in body
     assert "| 0 GPU-00000000-0000-0000-0000-000000000000 | temperature.gpu | 38 | 48 | differ |" in body
 
 
@@ -155,4 +155,4 @@ def test_gpu_check_end_to_end_with_the_exporter_on_the_fake_nvml(tmp_path, monke
     body = out.read_text()
     assert rc == 0, body
     assert "nvidia-smi driver 590.48.01, 1 GPU(s)." in body
-    assert "Summary: 37 agree, 4 n/a" in body
+    assert "Summary: 39 agree, 4 n/a" in body

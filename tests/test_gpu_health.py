@@ -409,3 +409,83 @@ def test_nvlink_links_up_and_errors():
     greg = collect(g)
     g.refresh(0.0)
     assert series(greg, "hoofhearted_gpu_nvlink_links") == {}
+
+
+REASONS = ("sw_power_cap", "sync_boost", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+
+
+@pytest.mark.parametrize("capture", [scenarios.RTX2080, scenarios.RTX4080, scenarios.H100, scenarios.H200])
+def test_every_clock_event_time_counter_matches_nvidia_smi(capture):
+    from test_gpu_nvidia import other_exporter
+    nvc = NvidiaCollector(NvidiaSource(scenarios.assemble([(capture, None)], clock=Clock())))
+    reg = collect(nvc)
+    nvc.refresh(1.0)
+    theirs = other_exporter(capture)
+    for reason in REASONS:
+        assert value(reg, "hoofhearted_gpu_clock_event_seconds_total", reason=reason, **GEFORCE) == \
+            pytest.approx(theirs[f"nvidia_smi_clocks_event_reasons_counters_{reason}_seconds"], abs=1e-6), reason
+
+
+@pytest.mark.parametrize("driver", ["575.51.03", "580.65.06", "580.82.07", "610.57.04"])
+def test_slowdown_time_fields_follow_the_drivers_numbering(driver):
+    """251-253 on R575 to 580.65; 269-271 later, where 251-253 are power-smoothing settings."""
+    nv = scenarios.geforce(clock=Clock())
+    nv._fake.driver_version = driver
+    nv._fake.gpus[0].event_time = {"sw_thermal": 7_000_000_000, "hw_thermal": 3_000_000_000,
+                                   "hw_power_brake": 2_500_000_000}
+    nvc = NvidiaCollector(NvidiaSource(nv))
+    reg = collect(nvc)
+    nvc.refresh(1.0)
+    got = {r: value(reg, "hoofhearted_gpu_clock_event_seconds_total", reason=r, **GEFORCE) for r in REASONS}
+    assert got == {"sw_power_cap": pytest.approx(15820.333506, abs=1e-9), "sync_boost": 0,
+                   "sw_thermal_slowdown": 7.0, "hw_thermal_slowdown": 3.0, "hw_power_brake_slowdown": 2.5}
+
+
+def test_before_r575_thermal_time_is_the_thermal_policy_counter():
+    nv = scenarios.geforce(clock=Clock())
+    nv._fake.driver_version = "570.172.08"
+    g = nv._fake.gpus[0]
+    g.event_time = {"sw_thermal": 1, "hw_thermal": 1, "hw_power_brake": 1}   # not reachable on this driver
+    g.fields[75] = 12_500_000_000               # 12.5 s of thermal violation, in ns
+    nvc = NvidiaCollector(NvidiaSource(nv))
+    reg = collect(nvc)
+    nvc.refresh(1.0)
+    assert value(reg, "hoofhearted_gpu_clock_event_seconds_total", reason="sw_thermal_slowdown", **GEFORCE) == 12.5
+    assert value(reg, "hoofhearted_gpu_clock_event_seconds_total", reason="hw_thermal_slowdown", **GEFORCE) is None
+    assert value(reg, "hoofhearted_gpu_clock_event_seconds_total", reason="sw_power_cap", **GEFORCE) == \
+        pytest.approx(15820.333506, abs=1e-9)
+
+
+def test_a_reason_that_held_the_clocks_between_refreshes_is_on():
+    """The bitmask is read at one instant; the time counter says what happened in between."""
+    nv = scenarios.geforce(clock=Clock())
+    g = nv._fake.gpus[0]
+    g.event_reasons = 0
+    nvc = NvidiaCollector(NvidiaSource(nv))
+    reg = collect(nvc)
+    nvc.refresh(1.0)
+    assert value(reg, "hoofhearted_gpu_clock_event", reason="sw_power_cap", **GEFORCE) == 0
+    g.fields[74] += 1_500_000_000               # 1.5 s capped in a 2 s refresh, free at the read
+    g.event_time["hw_thermal"] += 200_000_000   # 0.2 s of hardware thermal slowdown: under half
+    nvc.refresh(3.0)
+    assert value(reg, "hoofhearted_gpu_clock_event", reason="sw_power_cap", **GEFORCE) == 1
+    assert value(reg, "hoofhearted_gpu_clock_event", reason="hw_thermal_slowdown", **GEFORCE) == 0
+    nvc.refresh(5.0)                            # nothing since: off again
+    assert value(reg, "hoofhearted_gpu_clock_event", reason="sw_power_cap", **GEFORCE) == 0
+
+
+def test_nvlink_payload_counters_sum_every_link():
+    nv = scenarios.datacenter(clock=Clock())
+    h100 = nv._fake.gpus[0]
+    h100.nvlink_kib = [[1000 + i, 2000 + i] for i in range(18)]
+    nvc = NvidiaCollector(NvidiaSource(nv))
+    reg = collect(nvc)
+    nvc.refresh(1.0)
+    assert value(reg, "hoofhearted_gpu_nvlink_transmit_bytes_total", **H100) == (18 * 1000 + 153) * 1024
+    assert value(reg, "hoofhearted_gpu_nvlink_receive_bytes_total", **H100) == (18 * 2000 + 153) * 1024
+    # the H200's driver does not answer the field: no sample, not a zero
+    assert value(reg, "hoofhearted_gpu_nvlink_transmit_bytes_total", **H200) is None
+    g = NvidiaCollector(NvidiaSource(scenarios.geforce(clock=Clock())))
+    greg = collect(g)
+    g.refresh(1.0)
+    assert series(greg, "hoofhearted_gpu_nvlink_transmit_bytes_total") == {}

@@ -105,7 +105,8 @@ def device_families(nv=None, amd=None, intel=None):
     energy = counter("hoofhearted_gpu_energy_joules", "Energy used by the GPU since its driver loaded.", gl)
     clock = gauge("hoofhearted_gpu_clock_hertz", "Current GPU clock.", gl + ["clock"])
     event = gauge("hoofhearted_gpu_clock_event",
-                  "1 while a reason holds the GPU clocks down (thermal, power cap, ...), else 0.", gl + ["reason"])
+                  "1 while a reason holds the GPU clocks down (thermal, power cap, ...) at the read or for at least "
+                  "half the time since the last refresh, else 0.", gl + ["reason"])
     pstate = gauge("hoofhearted_gpu_performance_state", "Performance state: 0 (P0, fastest) to 15 (P15).", gl)
     enc = gauge("hoofhearted_gpu_encoder_utilization_ratio", "Share of time the video encoder was busy (0-1).", gl)
     dec = gauge("hoofhearted_gpu_decoder_utilization_ratio", "Share of time the video decoder was busy (0-1).", gl)
@@ -153,6 +154,10 @@ def device_families(nv=None, amd=None, intel=None):
     last_xid = gauge("hoofhearted_gpu_last_xid_info", "The last Xid error the GPU reported.", gl + ["xid"])
     nvlink_errors = counter("hoofhearted_gpu_nvlink_errors", "NVLink errors over all the GPU's links: "
                             "crc_data, replay, recovery.", gl + ["error"])
+    nvlink_tx = counter("hoofhearted_gpu_nvlink_transmit_bytes",
+                        "Payload bytes the GPU sent over all its NVLink links since its driver loaded.", gl)
+    nvlink_rx = counter("hoofhearted_gpu_nvlink_receive_bytes",
+                        "Payload bytes the GPU received over all its NVLink links since its driver loaded.", gl)
     engine_util = gauge("hoofhearted_gpu_engine_utilization_ratio",
                         "Share of time a GPU engine was busy, summed over its DRM clients (0-1).", gl + ["engine"])
     max_clock = gauge("hoofhearted_gpu_clock_max_hertz", "Highest clock the GPU may run at.", gl + ["clock"])
@@ -161,7 +166,8 @@ def device_families(nv=None, amd=None, intel=None):
               "link_gen_max": link_gen_max, "link_width": link_width, "link_width_max": link_width_max, "ecc": ecc,
               "retired": retired, "retired_pending": retired_pending, "remapped": remapped,
               "remap_pending": remap_pending, "remap_failed": remap_failed, "event_time": event_time, "xids": xids,
-              "last_xid": last_xid, "nvlink_errors": nvlink_errors}
+              "last_xid": last_xid, "nvlink_errors": nvlink_errors, "nvlink_tx": nvlink_tx,
+              "nvlink_rx": nvlink_rx}
     if nv is not None:
         devices.add_metric(["nvidia"], len(nv.gpus))
         for g in nv.gpus:
@@ -253,7 +259,7 @@ def device_families(nv=None, amd=None, intel=None):
             energy, clock, event, pstate, enc, dec, mig, mig_info, mig_used, mig_total, margin, sensor_crit,
             default_limit, max_limit, soc_power, pcie_tx, pcie_rx, replays, link_gen, link_gen_max, link_width,
             link_width_max, ecc, retired, retired_pending, remapped, remap_pending, remap_failed, event_time, xids,
-            last_xid, engine_util, max_clock, nvlink_errors]
+            last_xid, engine_util, max_clock, nvlink_errors, nvlink_tx, nvlink_rx]
 
 
 def _nvidia_health(g, lab, f):
@@ -287,6 +293,8 @@ def _nvidia_health(g, lab, f):
         f["last_xid"].add_metric(lab + [str(g.last_xid)], 1)
     for error, n in sorted(g.nvlink_errors.items()):
         f["nvlink_errors"].add_metric(lab + [error], n)
+    _opt(f["nvlink_tx"], lab, g.nvlink_transmit_bytes)
+    _opt(f["nvlink_rx"], lab, g.nvlink_receive_bytes)
 
 
 def _hot(temperatures, thresholds):

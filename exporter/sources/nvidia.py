@@ -45,17 +45,47 @@ FI_MEMORY_TEMP, FI_PCIE_REPLAY = 82, 94
 FI_REMAPPED_COR, FI_REMAPPED_UNC, FI_REMAPPED_PENDING, FI_REMAPPED_FAILURE = 142, 143, 144, 145
 FI_SHUTDOWN_TLIMIT, FI_SLOWDOWN_TLIMIT = 193, 194
 FI_NVLINK_CRC_DATA, FI_NVLINK_REPLAY, FI_NVLINK_RECOVERY = 45, 52, 59      # totals over all links
+FI_NVLINK_DATA_TX, FI_NVLINK_DATA_RX = 138, 139     # KiB of payload; per link, or all with ALL_LINKS
 FI_PCIE_TX_BYTES, FI_PCIE_RX_BYTES = 197, 198
+ALL_LINKS = 0xFFFFFFFF                 # scopeId: the sum over every link
+SCOPED = {FI_NVLINK_DATA_TX: ALL_LINKS, FI_NVLINK_DATA_RX: ALL_LINKS}
 FIELDS = (FI_MEMORY_TEMP, FI_SHUTDOWN_TLIMIT, FI_SLOWDOWN_TLIMIT, FI_PCIE_TX_BYTES, FI_PCIE_RX_BYTES,
           FI_PCIE_REPLAY, FI_ECC_SBE_VOL, FI_ECC_DBE_VOL, FI_ECC_SBE_AGG, FI_ECC_DBE_AGG,
           FI_RETIRED_SBE, FI_RETIRED_DBE, FI_RETIRED_PENDING, FI_REMAPPED_COR, FI_REMAPPED_UNC,
           FI_REMAPPED_PENDING, FI_REMAPPED_FAILURE, FI_PERF_POLICY_POWER, FI_PERF_POLICY_THERMAL,
-          FI_PERF_POLICY_SYNC_BOOST, FI_NVLINK_CRC_DATA, FI_NVLINK_REPLAY, FI_NVLINK_RECOVERY)
+          FI_PERF_POLICY_SYNC_BOOST)
+NVLINK_FIELDS = (FI_NVLINK_CRC_DATA, FI_NVLINK_REPLAY, FI_NVLINK_RECOVERY, FI_NVLINK_DATA_TX, FI_NVLINK_DATA_RX)
 NVLINK_ERRORS = (("crc_data", FI_NVLINK_CRC_DATA), ("replay", FI_NVLINK_REPLAY), ("recovery", FI_NVLINK_RECOVERY))
 MAX_NVLINKS = 36
-# clock-event time counters (ns, as the driver counts them; nvidia-smi shows µs)
-EVENT_TIME = (("sw_power_cap", FI_PERF_POLICY_POWER), ("sw_thermal_slowdown", FI_PERF_POLICY_THERMAL),
-              ("sync_boost", FI_PERF_POLICY_SYNC_BOOST))
+# clock-event time counters (ns, as the driver counts them; nvidia-smi shows µs): the first field
+# the driver answers. The thermal and power-brake slowdown fields were numbered 251-253 in the
+# headers of R575 to 580.65 and 269-271 from 580.82 on, where 251-253 became power-smoothing
+# settings: so they are asked for only on a driver whose numbering is known (event_fields).
+# Before R575 the thermal one is the thermal-policy violation time (field 75).
+EVENT_TIME = (("sw_power_cap", ("power",)), ("sync_boost", ("sync_boost",)),
+              ("sw_thermal_slowdown", ("sw_thermal", "thermal_policy")),
+              ("hw_thermal_slowdown", ("hw_thermal",)), ("hw_power_brake_slowdown", ("hw_power_brake",)))
+EVENT_FIELDS_R575 = {"sw_thermal": 251, "hw_thermal": 252, "hw_power_brake": 253}
+EVENT_FIELDS_R580 = {"sw_thermal": 269, "hw_thermal": 270, "hw_power_brake": 271}
+EVENT_FIELDS_ALWAYS = {"power": FI_PERF_POLICY_POWER, "sync_boost": FI_PERF_POLICY_SYNC_BOOST,
+                       "thermal_policy": FI_PERF_POLICY_THERMAL}
+
+
+def event_fields(driver_version):
+    """{counter: field id} for the clock-event time counters on this driver (see EVENT_TIME)."""
+    out = dict(EVENT_FIELDS_ALWAYS)
+    try:
+        major, minor = (int(x) for x in driver_version.split(".")[:2])
+    except ValueError:
+        return out
+    if (major, minor) >= (580, 82):
+        out.update(EVENT_FIELDS_R580)
+    elif major >= 575:
+        out.update(EVENT_FIELDS_R575)
+    return out
+
+
+EVENT_SHARE = 0.5                      # a reason that held the clocks this much of a refresh counts as on
 XID_EVENT = 0x8                        # nvmlEventTypeXidCriticalError
 ENGINES = (("sm", "smUtil"), ("memory", "memUtil"), ("encoder", "encUtil"), ("decoder", "decUtil"))
 NOT_AVAILABLE = (1 << 64) - 1          # usedGpuMemory the driver cannot tell (WDDM)
@@ -148,6 +178,8 @@ class NvidiaGPU:
     remap_pending: int = None
     remap_failed: int = None
     clock_event_seconds: dict = field(default_factory=dict)   # reason -> s
+    nvlink_transmit_bytes: int = None   # payload over all links since the driver loaded
+    nvlink_receive_bytes: int = None
     xid_errors: dict = field(default_factory=dict)    # xid -> count since the exporter started
     last_xid: int = None
     nvlink_errors: dict = field(default_factory=dict)  # "crc_data"/"replay"/"recovery" -> count
@@ -288,7 +320,9 @@ class _Device:
         self.sample_period = None            # s between the driver's process samples
         self.sample_last = {}                # pid -> µs timestamp of its last sample used
         self.busy = {}                       # pid -> [sm, memory, encoder, decoder] busy, in % x s
-        self.fields_ok = set(FIELDS)         # field ids the driver has not refused
+        self.fields_ok = set(FIELDS + NVLINK_FIELDS)    # field ids the driver has not refused
+        self.event_fields = {}               # see event_fields(): set at NVML start
+        self.event_time = {}                 # reason -> (monotonic s, counter s) at the last refresh
         self.xids = {}                       # xid -> count
         self.last_xid = None
         self.pcie_counters = False           # byte counters read: no 20 ms throughput window needed
@@ -394,6 +428,8 @@ class NvidiaSource:
                                    "cannot open GPU, skipped gpu=%d err=%r", i, str(e))
                 continue
             dev = _Device(i, handle)
+            dev.event_fields = event_fields(self.driver_version)
+            dev.fields_ok.update(dev.event_fields.values())
             try:
                 self._identify(dev)
                 self._statics(dev)
@@ -664,6 +700,7 @@ class NvidiaSource:
                                     ("nvmlDeviceGetCurrentClocksThrottleReasons", (), {})])
         if reasons is not None:
             g.clock_events = {name: int(bool(reasons & bit)) for name, bit in CLOCK_EVENTS}
+            self._events_between(dev, g)
         p = self._get(dev, "nvmlDeviceGetPerformanceState")
         g.performance_state = p if p is not None and p != PSTATE_UNKNOWN else None
         enc = self._get(dev, "nvmlDeviceGetEncoderUtilization")
@@ -676,6 +713,16 @@ class NvidiaSource:
             if g.mig_enabled:
                 g.migs = self._read_migs(dev)
         return g
+
+    def _events_between(self, dev, g):
+        """A reason whose time counter grew by at least EVENT_SHARE of the time since the last
+        refresh is on, also when the clocks were free again at the moment of the read."""
+        now, prev = self.now, dev.event_time
+        dev.event_time = {r: (now, sec) for r, sec in g.clock_event_seconds.items()}
+        for reason, sec in g.clock_event_seconds.items():
+            t0, s0 = prev.get(reason, (None, None))
+            if t0 is not None and now > t0 and sec >= s0 and (sec - s0) / (now - t0) >= EVENT_SHARE:
+                g.clock_events[reason] = 1
 
     def _temperature(self, dev):
         """nvmlDeviceGetTemperatureV where the driver has it (the old call is deprecated in NVML 13)."""
@@ -706,11 +753,13 @@ class NvidiaSource:
                 g.fan_rpm[f] = info.speed
 
     def _fields(self, dev):
-        """{field id: value} of the FIELDS the driver answers, in one call."""
-        ids = [f for f in FIELDS if f in dev.fields_ok]
+        """{field id: value} of the FIELDS (and NVLink's, with links) the driver answers, in one call."""
+        asked = FIELDS + (NVLINK_FIELDS if dev.nvlinks else ()) + tuple(sorted(set(dev.event_fields.values())))
+        ids = [f for f in dict.fromkeys(asked) if f in dev.fields_ok]
         if not ids:
             return {}
-        values = self._get(dev, "nvmlDeviceGetFieldValues", ids, key="fields")
+        values = self._get(dev, "nvmlDeviceGetFieldValues", [(f, SCOPED[f]) if f in SCOPED else f for f in ids],
+                           key="fields")
         out = {}
         for v in values or ():
             if v.nvmlReturn != SUCCESS:
@@ -753,11 +802,15 @@ class NvidiaSource:
                 g.remapped_rows[key] = f[fid]
         g.remap_pending = f.get(FI_REMAPPED_PENDING)
         g.remap_failed = f.get(FI_REMAPPED_FAILURE)
-        for reason, fid in EVENT_TIME:
-            if fid in f:
+        for reason, names in EVENT_TIME:
+            fid = next((dev.event_fields[n] for n in names if dev.event_fields.get(n) in f), None)
+            if fid is not None:
                 g.clock_event_seconds[reason] = f[fid] / 1e9
         if dev.nvlinks:
             g.nvlink_errors = {name: f[fid] for name, fid in NVLINK_ERRORS if fid in f}
+            if FI_NVLINK_DATA_TX in f and FI_NVLINK_DATA_RX in f:
+                g.nvlink_transmit_bytes = f[FI_NVLINK_DATA_TX] * KIB
+                g.nvlink_receive_bytes = f[FI_NVLINK_DATA_RX] * KIB
         g.power_default_limit, g.power_max_limit = dev.power_default, dev.power_max
         g.link_generation = self._get(dev, "nvmlDeviceGetCurrPcieLinkGeneration")
         g.link_width = self._get(dev, "nvmlDeviceGetCurrPcieLinkWidth")

@@ -133,6 +133,8 @@ class FakeGPU:
         self.margin = Err(NOT_SUPPORTED)       # °C to the T.Limit
         self.fields = {}                       # NVML_FI_* -> value or Err; absent: NOT_SUPPORTED
         self.pcie_bytes = None                 # (tx, rx) bytes at start; grow with the pcie throughput
+        self.nvlink_kib = None                 # per link [tx, rx] KiB of payload (fields 138/139)
+        self.event_time = {}                   # "sw_thermal"/"hw_thermal"/"hw_power_brake" -> ns
         self.power_default_mw = Err(NOT_SUPPORTED)
         self.power_max_mw = Err(NOT_SUPPORTED)
         self.link = Err(NOT_SUPPORTED)         # (current gen, max gen, current width, max width)
@@ -410,8 +412,15 @@ class FakeLibrary:
         for i in range(_val(count)):
             v = values[i]
             value = gpu.fields.get(v.fieldId, Err(NOT_SUPPORTED))
+            numbering, smoothing = self._event_numbering()
+            if v.fieldId in numbering:
+                value = gpu.event_time.get(numbering[v.fieldId], Err(NOT_SUPPORTED))
+            elif v.fieldId in smoothing:
+                value = smoothing[v.fieldId]
             if gpu.pcie_bytes is not None and v.fieldId in (197, 198):
                 value = self._pcie_bytes(gpu, v.fieldId - 197)
+            if gpu.nvlink_kib is not None and v.fieldId in (138, 139):
+                value = self._nvlink(gpu, v.fieldId - 138, v.scopeId)
             if isinstance(value, Flaky):
                 value = value.get()
             if isinstance(value, Err):
@@ -422,6 +431,29 @@ class FakeLibrary:
             v.timestamp = int(self.clock() * 1e6)
             setattr(v.value, VALUE_ATTR[v.valueType], value)
         return SUCCESS
+
+    def _event_numbering(self):
+        """Field ids of the slowdown time counters as this driver numbers them, and what the other
+        numbering's ids mean here: R575 to 580.65 count at 251-253; from 580.82 they are at 269-271
+        and 251-253 are power-smoothing settings (enabled 1, privilege level 0, ramp-down 1)."""
+        try:
+            version = tuple(int(x) for x in self.driver_version.split(".")[:2])
+        except ValueError:
+            return {}, {}
+        if version >= (580, 82):
+            return {269: "sw_thermal", 270: "hw_thermal", 271: "hw_power_brake"}, {251: 1, 252: 0, 253: 1}
+        if version >= (575, 0):
+            return {251: "sw_thermal", 252: "hw_thermal", 253: "hw_power_brake"}, {}
+        return {}, {}
+
+    @staticmethod
+    def _nvlink(gpu, which, scope):
+        """nvml.h: the link in scopeId, or UINT_MAX for the sum over all links."""
+        if scope == 0xFFFFFFFF:
+            return sum(link[which] for link in gpu.nvlink_kib)
+        if scope < len(gpu.nvlink_kib):
+            return gpu.nvlink_kib[scope][which]
+        return Err(INVALID_ARGUMENT)
 
     def _pcie_bytes(self, gpu, which):
         """Not in the captures: the counter integrates the captured throughput (KB/s) over time."""

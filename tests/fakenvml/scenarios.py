@@ -15,7 +15,8 @@ What the captures cannot give is marked where it is made up:
 - the PCIe byte counters (NVML_FI_DEV_PCIE_COUNT_*_BYTES) start at 1 TiB / 2 TiB and grow with the
   captured throughput; the clock-event time counters are the captured µs in ns;
 - fan rpm is not in the captures: no scenario has it unless a test sets it;
-- a GPU with links in `nvidia-smi nvlink -s` has NVLink error counters of 0.
+- a GPU with links in `nvidia-smi nvlink -s` has NVLink error counters of 0; the NVLink payload
+  counters (fields 138/139) are not in the captures: none unless a test sets ``nvlink_kib``.
 
 Tests start the exporter with ``gpu.nvml_module: tests.fakenvml.<scenario>``. Two environment
 variables, read only here, adapt a scenario to the test machine: FAKENVML_PIDS
@@ -92,13 +93,17 @@ def gpu_from_capture(name, state="load", gpu=0, index=0, uuid=None):
                      (143, "remapped_rows.uncorrectable"), (144, "remapped_rows.pending"),
                      (145, "remapped_rows.failure"),
                      (74, "clocks_event_reasons_counters.sw_power_cap"),
-                     (75, "clocks_event_reasons_counters.sw_thermal_slowdown"),
                      (76, "clocks_event_reasons_counters.sync_boost")):
-        conv = (lambda r: int(number(r)) * 1000) if fid in (74, 75, 76) else \
+        conv = (lambda r: int(number(r)) * 1000) if fid in (74, 76) else \
             (lambda r: {"No": 0, "Yes": 1}.get(r.strip(), None) if r.strip() in ("No", "Yes") else _int(r))
         fields[fid] = _field(row.get(key), conv)
     link = tuple(_field(row.get(k), _int) for k in ("pcie.link.gen.current", "pcie.link.gen.max",
                                                       "pcie.link.width.current", "pcie.link.width.max"))
+    event_time = {}
+    for key in ("sw_thermal", "hw_thermal", "hw_power_brake"):
+        v = _field(row.get(f"clocks_event_reasons_counters.{key}_slowdown"), lambda r: int(number(r)) * 1000)
+        if not isinstance(v, Err):
+            event_time[key] = v
     uuid = uuid or row["uuid"]
     g = FakeGPU(
         index=index,
@@ -125,6 +130,7 @@ def gpu_from_capture(name, state="load", gpu=0, index=0, uuid=None):
         mig_mode=mig_mode,
         margin=_field(row.get("temperature.gpu.tlimit"), _int),
         fields=fields,
+        event_time=event_time,
         pcie_bytes=(1 << 40, 2 << 40),
         power_default_mw=_field(row.get("power.default_limit"), _milli),
         power_max_mw=_field(row.get("power.max_limit"), _milli),
