@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from . import attribution, collectors as registry, render, verdict
 from .scheduler import Scheduler
+from .sources import host as hostsrc
 
 log = logging.getLogger("hoofhearted.verdict")
 
@@ -146,6 +147,9 @@ class Pipeline:
 
     def __init__(self, config, built=None, clock=time.monotonic, wall=time.time, host=None):
         self.config = config
+        # the name every surface gives the machine, and the one Prometheus's discovery labels it with
+        self.host = host or hostsrc.hostname(config["paths"]["rootfs"])
+        host = self.host
         self.collectors = registry.build(config) if built is None else built
         self.scheduler = Scheduler(self.collectors, config, clock=clock, wall=wall)
         self.verdict = VerdictStage(self.scheduler, config, clock=clock, wall=wall, host=host)

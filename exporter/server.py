@@ -19,6 +19,7 @@ Only GET and HEAD; nothing is served from disk. Every response is one write with
 """
 import asyncio
 import html
+import json
 import logging
 import re
 import socket
@@ -37,10 +38,13 @@ LANDING = """<!doctype html>
 <ul>
 <li><a href="metrics">/metrics</a></li>
 <li><a href="api/verdict">/api/verdict</a> (the answer, as JSON)</li>
+<li><a href="api/targets">/api/targets</a> (Prometheus HTTP service discovery)</li>
 <li><a href="-/healthy">/-/healthy</a></li>
 <li><a href="-/ready">/-/ready</a></li>
 </ul></body></html>
 """
+
+TARGET = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 429: "Too Many Requests",
@@ -515,6 +519,17 @@ class Connection(asyncio.Protocol):
         else:
             self._respond(200, body, "application/json", b"Cache-Control: no-store\r\n", head)
 
+    def _targets(self, req, head):
+        """Prometheus HTTP service discovery: this exporter, at the address it was asked by, with
+        the machine's name as ``host`` (prometheus.yml makes it the instance)."""
+        address = req.headers.get("host", "")
+        if not TARGET.fullmatch(address):
+            self._respond(400, b"a Host header of host:port is needed\n", head=head)
+            return
+        name = getattr(self.srv.scheduler, "host", None)
+        group = {"targets": [address], "labels": {"host": name} if name else {}}
+        self._respond(200, json.dumps([group]).encode(), "application/json", b"Cache-Control: no-store\r\n", head)
+
     def _ready(self, req, head):
         if self.srv.scheduler.ready():
             self._respond(200, b"OK\n", head=head)
@@ -593,6 +608,7 @@ ROUTES = {
     "/": Connection._landing,
     "/api/verdict": Connection._verdict,
     "/api/live": Connection._live_stream,
+    "/api/targets": Connection._targets,
     "/-/healthy": Connection._healthy,
     "/-/ready": Connection._ready,
 }

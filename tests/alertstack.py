@@ -80,11 +80,13 @@ def rewrite_prometheus(tmp, exporter, alertmanager, for_="5s", interval="1s", wi
         rewrite_rules(path, os.path.join(rules_dir, os.path.basename(path)), for_, window)
     recording = rewrite_rules(RECORDING_YML, os.path.join(tmp, "recording.yml"), None, window)
     cfg["rule_files"] = [recording, os.path.join(rules_dir, "*.yml")]
-    targets = dump([{"targets": [exporter]}], os.path.join(tmp, "targets.yml"))
+    targets = dump([], os.path.join(tmp, "targets.yml"))
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     job = jobs["hoofhearted"]
     job["scrape_interval"] = job["scrape_timeout"] = interval
     job["file_sd_configs"][0]["files"] = [targets]
+    job["http_sd_configs"][0]["url"] = f"http://{exporter}/api/targets"     # it names its host itself
+    job["http_sd_configs"][0]["refresh_interval"] = "1s"
     jobs["alertmanager"]["static_configs"] = [{"targets": [alertmanager]}]
     return dump(cfg, os.path.join(tmp, "prometheus.yml"))
 

@@ -8,6 +8,7 @@ Alertmanager really posts; the Grafana link comes from a site template file besi
 """
 import json
 import os
+import socket
 import pwd
 import subprocess
 import sys
@@ -141,11 +142,12 @@ def test_cpu_burner_reaches_slack_and_discord_by_name(require_tool, start_export
     daemons, burner = [], None
     try:
         exporter = start_exporter()
-        instance = exporter.url.split("//", 1)[1]
+        address = exporter.url.split("//", 1)[1]
+        instance = socket.gethostname()          # the exporter's discovery names the host
         am = start_alertmanager(alertmanager_bin, tmp, rewrite_alertmanager(
             tmp, str(secrets), pagerduty_url=receiver.url + "/pagerduty"))
         daemons.append(am)
-        prom = start_prometheus(prometheus_bin, tmp, rewrite_prometheus(tmp, instance, am.address))
+        prom = start_prometheus(prometheus_bin, tmp, rewrite_prometheus(tmp, address, am.address))
         daemons.append(prom)
         logs = lambda: (prom.log[-3000:], am.log[-3000:], exporter.log[-3000:])  # noqa: E731
 

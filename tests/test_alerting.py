@@ -120,6 +120,7 @@ def test_prometheus_config_scrapes_hoofhearted_and_the_alerting_path():
     job = jobs["hoofhearted"]
     assert job["scrape_interval"] == "15s"
     assert job["file_sd_configs"][0]["files"] == ["targets/*.yml"]
+    assert job["http_sd_configs"][0]["url"] == "http://exporter:10101/api/targets"
     assert cfg["rule_files"] == ["rules/*.yml", "../alerting/rules/*.yml"]
     assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == \
         jobs["alertmanager"]["static_configs"][0]["targets"]
@@ -139,6 +140,7 @@ def test_targets_show_the_host_name_not_the_address(require_tool, tmp_path):
     targets = tmp_path / "t.yml"
     targets.write_text(yaml.safe_dump(groups))
     job["file_sd_configs"][0]["files"] = [str(targets)]
+    del job["http_sd_configs"]                  # the exporter's own: tested with a real one below
     cfg["rule_files"] = []
     path = tmp_path / "p.yml"
     path.write_text(yaml.safe_dump(cfg))
@@ -591,7 +593,7 @@ def test_inhibitions_in_a_real_alertmanager(require_tool, tmp_path):
 # --- the end-to-end test's rewrite ------------------------------------------------------------------
 
 DURATIONS = {"for", "keep_firing_for", "evaluation_interval", "scrape_interval", "scrape_timeout", "group_wait",
-             "group_interval", "repeat_interval"}
+             "group_interval", "repeat_interval", "refresh_interval"}
 
 
 def blank(node, tmp, key=None):

@@ -166,7 +166,9 @@ def test_prometheus_finds_its_config_rules_and_targets_through_the_mounts():
                     targets += [t for group in yaml.safe_load(f) for t in group["targets"]]
     for sc in job.get("static_configs", []):
         targets += sc["targets"]
-    assert "exporter:10101" in targets
+    # the stack's exporter is found through its own discovery endpoint, which names the host
+    assert [sd["url"] for sd in job["http_sd_configs"]] == ["http://exporter:10101/api/targets"]
+    assert "exporter:10101" not in targets       # not twice, once as "exporter"
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 

@@ -298,3 +298,15 @@ def test_cpu_numbers_follow_the_online_list_when_cpus_are_offline(tmp_path):
     assert reg.get_sample_value("hoofhearted_cpu_core_usage_ratio", {"core": "2"}) is None
     assert reg.get_sample_value("hoofhearted_cpu_usage_ratio") == 30 / 50
     assert reg.get_sample_value("hoofhearted_cpu_cores") == 3
+
+
+def test_hostname_of_the_mounted_root(tmp_path):
+    import socket
+    from exporter.sources.host import hostname
+    assert hostname("/") == socket.gethostname()
+    assert hostname(str(tmp_path)) is None               # a root without /etc/hostname names nobody
+    (tmp_path / "etc").mkdir()
+    for text, want in (("db-1.example.net\n", "db-1.example.net"), ("  web-2  \n", "web-2"),
+                       ("bad name\n", None), ("-x\n", None), ("a" * 64 + "\n", None), ("", None)):
+        (tmp_path / "etc" / "hostname").write_text(text)
+        assert hostname(str(tmp_path)) == want, text

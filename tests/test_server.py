@@ -88,3 +88,21 @@ def test_promtool_check_metrics_is_clean(start_exporter, require_tool):
     parse_exposition(body)     # no duplicate series
     r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stdout + r.stderr
+
+
+def test_targets_for_prometheus_http_discovery(start_exporter, tmp_path):
+    """/api/targets: the address Prometheus asked by, and the host's name from the mounted root."""
+    root = tmp_path / "host"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("gpu-box-07\n")
+    exp = start_exporter(*FIXTURE_ARGS, f"--path.rootfs={root}")
+    address = exp.url.split("//", 1)[1]
+    r = exp.get("/api/targets")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    assert r.json() == [{"targets": [address], "labels": {"host": "gpu-box-07"}}]
+    assert requests.get(exp.url + "/api/verdict", timeout=5).json()["host"] == "gpu-box-07"
+    for bad in ("exporter", 'x"y:1', "a b:10101", "exporter:10101, evil:1"):
+        r = requests.get(exp.url + "/api/targets", headers={"Host": bad}, timeout=5)
+        assert (r.status_code, r.text) == (400, "a Host header of host:port is needed\n"), bad
+    r = requests.get(exp.url + "/api/targets", headers={"Host": "[::1]:10101"}, timeout=5)
+    assert r.json()[0]["targets"] == ["[::1]:10101"]

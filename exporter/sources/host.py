@@ -9,6 +9,7 @@ CPU frequencies (psutil's paths are fixed to /sys) and the mount table (psutil r
 """
 import os
 import re
+import socket
 import stat
 import threading
 import warnings
@@ -271,3 +272,16 @@ def read_network(procfs, exclude):
         raise OSError(f"cannot read {os.path.join(procfs, 'net', 'dev')}")
     pattern = re.compile(exclude)
     return [NetIO(name, n.bytes_recv, n.bytes_sent) for name, n in nics.items() if not pattern.match(name)]
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*")
+
+
+def hostname(rootfs="/"):
+    """The machine's name: with the host's root mounted elsewhere (a container), its /etc/hostname;
+    else the kernel's. None when the mounted root names none (a container's own name is no answer)."""
+    if rootfs and os.path.realpath(rootfs) != "/":
+        text = read_text(os.path.join(rootfs, "etc", "hostname"), 256)
+        name = (text or "").strip()
+        return name if _HOSTNAME.fullmatch(name) and len(name) <= 253 else None
+    return socket.gethostname()
