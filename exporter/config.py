@@ -238,7 +238,7 @@ class TargetsField(Field):
                 kind, check, expect, _ = spec
                 ok, v = _coerce(kind, v)
                 if not ok or (check and not check(v)):
-                    shown = "(hidden)" if "password" in str(k) else repr(v)
+                    shown = "(hidden)" if "password" in str(k) else _without_userinfo(v)
                     raise ConfigError(f"{where}.{k}: expected {expect or _WORDS[kind]}, got {shown}")
                 target[str(k)] = v
             for k in self.required:
@@ -254,6 +254,13 @@ class TargetsField(Field):
             if names.count(n) > 1:
                 raise ConfigError(f"{key}: target name {n!r} used twice")
         return out
+
+
+def _without_userinfo(v):
+    """repr of a value, with the user:password@ of a URL (a secret, in the wrong place) masked."""
+    if isinstance(v, str):
+        v = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@", r"\1***@", v)
+    return repr(v)
 
 
 def _target_name(v):

@@ -44,6 +44,7 @@ LANDING = """<!doctype html>
 </ul></body></html>
 """
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 TARGET = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -130,6 +131,8 @@ def parse_head(head):
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.fullmatch(name):
             raise BadRequest(400, "malformed header line")
+        if _CONTROL.search(value):       # RFC 9110: NUL, CR, LF and other controls make a request invalid
+            raise BadRequest(400, "control character in a header value")
         name, value = name.lower(), value.strip(" \t")
         if name in headers:
             if headers[name] != value and name in ("content-length", "authorization", "transfer-encoding"):

@@ -159,7 +159,9 @@ def test_methods_paths_and_malformed_requests(start_exporter):
                 b"GET  /metrics HTTP/1.1\r\n\r\n", b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n",
                 b"GET /metrics HTTP/1.1\r\n folded: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
                 b"GET /metrics HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-                b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"):
+                b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"GET /metrics HTTP/1.1\r\nX: a\x00b\r\n\r\n", b"GET /metrics HTTP/1.1\r\nX: a\rb\r\n\r\n",
+                b"GET /metrics HTTP/1.1\r\nX: a\x1bb\r\n\r\n"):
         raw = exchange(exp, bad)
         assert status(raw) in (400, 505), (bad, raw[:80])
         assert b"Traceback" not in raw

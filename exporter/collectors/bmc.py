@@ -8,18 +8,22 @@ again until the hung read returns.
 """
 import logging
 import os
+import stat
 import threading
 import time
+from dataclasses import replace
 
 from .. import config as cfgmod
 from ..sources import bmc_ipmi
-from ..sources.bmc import BMCError, scrub
+from ..sources.bmc import BMCError, Snapshot, scrub
 from .base import Collector, gauge
-from .sensors import add_temperature, reading_families
+from ..sources.sensors import CELSIUS, RPM, WATTS
+from .sensors import add_temperature, invalid_family, reading_families
 
 log = logging.getLogger("hoofhearted.bmc")
 
 LOCAL = "local"
+RATIO = (0.0, 1.0)          # a fan in percent: 0-100 % by the Redfish and IPMI specifications
 
 
 class Target:
@@ -59,6 +63,7 @@ class BMCCollector(Collector):
         super().__init__()
         self.targets = targets
         self.note = note            # (log level, text): why there is no local BMC, said on the first refresh
+        self.invalid = 0            # readings refused as implausible (NaN, infinite, out of range)
 
     @classmethod
     def create(cls, config):
@@ -135,7 +140,7 @@ class BMCCollector(Collector):
             up.add_metric([t.name], 0 if err else 1)
             if err:
                 continue
-            snapshots[t.name] = snap
+            snap = snapshots[t.name] = self._plausible(snap)
             for reading in snap.temperatures:
                 add_temperature(r, t.chip, reading)
             for f in snap.fans:
@@ -148,7 +153,29 @@ class BMCCollector(Collector):
             for p in snap.power:
                 power.add_metric([t.chip, p.sensor], p.watts)
         self.snapshot = snapshots
-        return [up, info, temp, tmax, tcrit, rpm, rpm_max, ratio, power]
+        return [up, info, temp, tmax, tcrit, rpm, rpm_max, ratio, power, invalid_family(self.name, self.invalid)]
+
+    def _check(self, value, bounds):
+        """The value when it is a plausible reading; None (counted) when a BMC sent NaN, an
+        infinity or a number out of range: a lying sensor must not become the verdict's hottest."""
+        if value is None or bounds[0] <= value <= bounds[1]:
+            return value
+        self.invalid += 1
+        return None
+
+    def _plausible(self, snap):
+        out = Snapshot()
+        for t in snap.temperatures:
+            if self._check(t.celsius, CELSIUS) is not None:
+                out.temperatures.append(replace(t, max_celsius=self._check(t.max_celsius, CELSIUS),
+                                                critical_celsius=self._check(t.critical_celsius, CELSIUS)))
+        for f in snap.fans:
+            f = replace(f, rpm=self._check(f.rpm, RPM), ratio=self._check(f.ratio, RATIO),
+                        max_rpm=self._check(f.max_rpm, RPM) or None)
+            if f.rpm is not None or f.ratio is not None:
+                out.fans.append(f)
+        out.power = [p for p in snap.power if self._check(p.watts, WATTS) is not None]
+        return out
 
     def _log_state(self, t, err):
         text = None if err is None else f"{err.reason}: {scrub(err, t.secret)}"
@@ -169,16 +196,39 @@ class BMCCollector(Collector):
                 log.debug("close failed bmc=%s err=%r", t.name, scrub(e, t.secret))
 
 
+PASSWORD_LIMIT = 4096      # bytes: a password file, not whatever the path points at
+
+
 def _password(target, key):
-    """A target's password from its file or environment variable; None when it has neither."""
+    """A target's password from its file or environment variable; None when it has neither.
+    The file must be a regular file of at most PASSWORD_LIMIT bytes, read without blocking (a
+    FIFO or /dev/zero in its place is an error, not a hang or a full memory)."""
     if target.get("password_file"):
         path = target["password_file"]
+        where = f"{key}.password_file: cannot read {path}"
         try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            why = getattr(e, "strerror", None) or type(e).__name__
-            raise cfgmod.ConfigError(f"{key}.password_file: cannot read {path}: {why}") from None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise cfgmod.ConfigError(f"{where}: {e.strerror or type(e).__name__}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise cfgmod.ConfigError(f"{where}: not a regular file")
+            data = b""
+            while len(data) <= PASSWORD_LIMIT:
+                more = os.read(fd, PASSWORD_LIMIT + 1 - len(data))
+                if not more:
+                    break
+                data += more
+        except OSError as e:
+            raise cfgmod.ConfigError(f"{where}: {e.strerror or type(e).__name__}") from None
+        finally:
+            os.close(fd)
+        if len(data) > PASSWORD_LIMIT:
+            raise cfgmod.ConfigError(f"{where}: larger than {PASSWORD_LIMIT} bytes")
+        try:
+            return data.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise cfgmod.ConfigError(f"{where}: not UTF-8 text") from None
     if target.get("password_env"):
         var = target["password_env"]
         if var not in os.environ:

@@ -6,6 +6,7 @@ temperature with its thresholds); the subsystem resources otherwise. Members who
 Status.State is Absent, Disabled or otherwise not enabled, or with no reading, give no value.
 """
 import threading
+from urllib.parse import urlsplit
 
 from .bmc import BMCError, Fan, Power, Snapshot, Temperature, scrub, unique
 
@@ -25,6 +26,8 @@ class RedfishReader:
         self.url = url.rstrip("/")
         if self.url.endswith(_ROOT):
             self.url = self.url[:-len(_ROOT)]
+        base = urlsplit(self.url)
+        self._origin = (base.scheme.lower(), base.hostname, _port(base))
         self.username = username
         self._password = password
         self.auth = auth
@@ -68,7 +71,7 @@ class RedfishReader:
             raise BMCError("protocol", f"GET {path}: not JSON") from None
 
     def _request(self, method, path, **kw):
-        url = path if path.startswith("http") else self.url + path
+        url = self._resolve(method, path)
         try:
             return self.http.request(method, url, timeout=self.timeout, allow_redirects=False, **kw)
         except self._requests.exceptions.SSLError as e:
@@ -79,6 +82,22 @@ class RedfishReader:
             raise BMCError("connect", f"{method} {path}: {_short(e, self._password)}") from None
         except self._requests.exceptions.RequestException as e:
             raise BMCError("protocol", f"{method} {path}: {_short(e, self._password)}") from None
+
+    def _resolve(self, method, path):
+        """The URL of a link the BMC gave: a path on the configured service, or an absolute URL
+        of the same scheme, host and port. Anything else is refused: the credentials go with
+        every request, and a BMC's documents must not send them elsewhere."""
+        if path.startswith("/") and not path.startswith("//"):
+            return self.url + path
+        try:
+            there = urlsplit(path)
+            same = (there.scheme.lower(), there.hostname, _port(there)) == self._origin and not there.username
+        except ValueError:
+            same = False
+        if not same:
+            shown = path[:100] + ("..." if len(path) > 100 else "")
+            raise BMCError("protocol", f"{method}: a link to another host or scheme is not followed: {shown!r}")
+        return path
 
     def _login(self):
         path = _ROOT + "/SessionService/Sessions"
@@ -219,6 +238,10 @@ class RedfishReader:
                 yield self._get(m["@odata.id"])
 
 
+def _port(parts):
+    return parts.port or (443 if parts.scheme.lower() == "https" else 80)
+
+
 def _link(doc, key):
     v = doc.get(key)
     if isinstance(v, dict) and isinstance(v.get("@odata.id"), str):
@@ -234,7 +257,10 @@ def _enabled(doc):
 def _number(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:             # an integer past float's range: refused by the bounds later
+        return float("inf")
 
 
 def _name(doc, default, *alt):
