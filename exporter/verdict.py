@@ -249,6 +249,12 @@ def _dominated(parts, total):
     return total.score <= 0 or top >= DOMINANT * total.score
 
 
+def engine_share(engines):
+    """How much of a GPU a process keeps busy: its busiest engine, NVML's ``memory`` left out
+    (that is memory-controller traffic, not an engine; the alerts and dashboards leave it out too)."""
+    return max((v for k, v in (engines or {}).items() if k != "memory"), default=0.0)
+
+
 def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1, shown=SHOWN, names=None):
     """Ranked units (see the module docstring). procs: iterable of Proc; rates: pid -> cores.
 
@@ -259,7 +265,7 @@ def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1, shown=SHOWN, names
     names = names or {}
     for e in gpu_entries:
         gpu, pid, mem, engines = names.get((e[0], e[1])) or gpu_name(e[0]), e[2], e[6], e[7]
-        share = max((engines or {}).values(), default=0.0)
+        share = engine_share(engines)
         use = gpu_use.setdefault(pid, {})
         use[gpu] = min(1.0, use.get(gpu, 0.0) + share)
         if mem is not None:
@@ -299,11 +305,14 @@ def culprits(procs, rates, gpu_entries=(), ncores=1, ngpus=1, shown=SHOWN, names
     for owner, parts in by_owner.items():
         if len(parts) < 2:
             continue
-        everyone = by_owner_procs[owner]
+        # the owner's processes that no other unit stands for: a group that spans owners keeps
+        # its members, so no CPU second is counted in two culprits
+        ids = {id(u) for u in parts}
+        elsewhere = {p.pid for u in units if id(u) not in ids for p in u.procs}
+        everyone = [p for p in by_owner_procs[owner] if p.pid not in elsewhere]
         users = {p.ident.user for p in everyone}
         whole = _fill(Unit("owner", owner, users.pop() if len(users) == 1 else "", owner, None, everyone), *fill)
         if not _dominated(parts, whole):
-            ids = {id(u) for u in parts}
             units = [u for u in units if id(u) not in ids] + [whole]
     units.sort(key=lambda u: (-u.score, -(u.cores or 0), -u.memory, u.pid or 0, u.name))
     if len(units) < shown:
@@ -432,13 +441,14 @@ def blame(report, power, lead):
     if part is not None:
         words = f"{part.component(packages)} is at {hottest['celsius']:.0f} °C drawing {part.measured:.0f} W"
         head = f"{lead} because {words}" if report["fans"] else f"{lead}; {words}"
+    elif hottest is None or hottest["kind"] in ("cpu", "gpu"):
+        # no heat to follow, or the hot part itself has no power reading (RAPL unreadable, a GPU
+        # without a power sensor): another part's watts would not explain it; the ranking does
+        return None
     else:
         part = max(heat, key=lambda d: (d.measured, d.domain))
-        if hottest is None:
-            where = "no temperature reading to tie to a part"
-        else:
-            where = (f"the hottest sensor ({clean(hottest['name'])}, {hottest['celsius']:.0f} °C) is on no part "
-                     f"with a power reading")
+        where = (f"the hottest sensor ({clean(hottest['name'])}, {hottest['celsius']:.0f} °C) is on no part "
+                 f"with a power reading")
         head = f"{lead}; {where}, while {part.component(packages)} draws {part.measured:.0f} W"
     best = max(report["culprits"], key=lambda c: ((c.get("watts_by_domain") or {}).get(part.domain, 0.0),
                                                   -c["rank"]), default=None)
@@ -518,8 +528,9 @@ def compute(collectors, host=None, wall=None, reason=None, pending=(), failing=(
     report["process_data"] = proc_c is not None or "process" in pending
     report["failing"] = sorted(failing)
     table = getattr(proc_c, "snapshot", None)
-    if "process" in pending or "cpu" in pending or (
-            proc_c is not None and (table is None or not proc_c.rated or cpu_usage is None)):
+    # measuring until the process rates exist; a cpu collector that is off or failing only
+    # leaves the busy share out of the words
+    if "process" in pending or "cpu" in pending or (proc_c is not None and (table is None or not proc_c.rated)):
         report["measuring"] = True
     elif proc_c is not None:
         entries = (getattr(gpu_c, "snapshot", None) or ()) if gpu_c is not None else ()

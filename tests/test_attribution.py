@@ -128,6 +128,22 @@ def test_gpu_chain_in_one_sentence():
     assert why.lines(r)[-1] == r["sentence"]          # `why` prints the chain as one line
 
 
+def test_a_hot_part_without_a_power_reading_is_not_blamed_on_another_part():
+    """RAPL unreadable on a GPU box: the CPU package is hottest, the GPU's watts do not explain it;
+    the sentence names rank 1, as every other surface does."""
+    procs = [proc(10, "stress", "bob", ""), proc(4242, "python3", "alice", "")]
+    entries = [("0", "GPU-1", 4242, "python3", "alice", "", 2 * 10**9, {"sm": 0.35})]
+    sensors = CHAIN_SENSORS.replace("} 81", "} 92")
+    gpu_text = GPU.replace("hoofhearted_gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-1\"} 83",
+                           "hoofhearted_gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-1\"} 60")
+    assert gpu_text != GPU
+    r, power = run_power(procs, {10: 1.9, 4242: 0.05}, sensors=sensors, rapl="", gpu_text=gpu_text,
+                         gpu_entries=entries)
+    assert [d.domain for d in power.domains] == ["gpu0"]
+    assert r["culprits"][0]["pid"] == 10
+    assert r["sentence"] == "Fans at 78% (nct6775 fan2, 1840 rpm) because stress (pid 10, bob) uses 1.90 cores."
+
+
 @pytest.fixture
 def gpu_tree(tmp_path):
     rootfs = passwd(tmp_path / "root", {1000: "alice", 1001: "bob"})

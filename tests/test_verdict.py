@@ -126,6 +126,20 @@ def test_a_container_of_many_different_processes_is_one_owner():
     assert r["culprits"][0]["text"] == "nginx (pid 1, www, container 3f2a1b2c3d4e) uses 0.90 cores"
 
 
+def test_a_group_that_spans_owners_is_not_counted_twice():
+    """python3 of root runs twice in a container and once on the host: the group stands for all
+    three, and the container's owner unit keeps only what no other culprit explains."""
+    owner = "container/abc"
+    procs = [proc(1, "python3", "root", owner), proc(2, "python3", "root", owner), proc(3, "python3", "root", ""),
+             proc(4, "nginx", "root", owner), proc(5, "redis", "root", owner)]
+    units = verdict.culprits(procs, {pid: 0.3 for pid in range(1, 6)}, ncores=2)
+    pids = [p.pid for u in units for p in u.procs]
+    assert sorted(pids) == [1, 2, 3, 4, 5]                      # each process in one culprit
+    assert sum(u.cores for u in units) == pytest.approx(1.5)    # no CPU second counted twice
+    assert [(u.kind, u.name, len(u.procs)) for u in units] == \
+        [("group", "python3", 3), ("owner", owner, 2)]
+
+
 def test_words_never_contradict_the_numbers():
     procs, rates = many_and_solo()
     # CPU 57% busy but no culprit explains it: "spread", never "mostly idle"
@@ -153,6 +167,19 @@ def test_no_fans_measuring_and_no_process_data():
     r = verdict.compute(cs, host="box", reason="x")
     assert r["sentence"] == "Fans at 78% (nct6775 fan2, 1840 rpm) (CPU 57% busy); no per-process data " \
                             "(the process collector is off)."
+
+
+def test_without_the_cpu_collector_the_verdict_still_answers():
+    """--no-collector.cpu, or a cpu collector that fails: no busy share in the words, but the
+    culprits are named; "still measuring" is only for the first seconds."""
+    procs, rates = many_and_solo()
+    cs = [Stub("sensors", FANS), Stub("process", snapshot=Table(procs), rates=rates)]
+    r = verdict.compute(cs, host="box", wall=lambda: 1000.0, reason="a test box", failing={"cpu"})
+    assert not r["measuring"] and r["cpu"]["usage_ratio"] is None
+    assert (r["culprits"][0]["kind"], r["culprits"][0]["name"]) == ("group", "hhmany")
+    assert r["sentence"] == "Fans at 78% (nct6775 fan2, 1840 rpm) because hhmany ×12 (root) uses 0.84 cores."
+    r = verdict.compute(cs, host="box", wall=lambda: 1000.0, reason="a test box", pending={"cpu"})
+    assert r["measuring"]
 
 
 def test_hottest_and_fans_order():
@@ -199,6 +226,18 @@ def test_gpu_share_ranks_and_speaks():
     fams = {f.name: f for f in verdict.families(r)}
     assert [s.labels for s in fams["hoofhearted_culprit_gpu_utilization_ratio"].samples] == [
         {"rank": "1", "gpu": "0", "uuid": "GPU-1"}]
+
+
+def test_memory_controller_traffic_is_not_a_gpu_share():
+    """NVML's memory "engine" is memory traffic: a memory-bound kernel at sm 0.1 does not
+    outrank a trainer at sm 0.6 (the alerts, dashboards and power split agree)."""
+    procs = [proc(1, "train", "alice"), proc(2, "membound", "bob"), proc(3, "nvenc", "carol")]
+    entries = [("0", "GPU-1", 1, "train", "alice", "", None, {"sm": 0.6, "memory": 0.2}),
+               ("0", "GPU-1", 2, "membound", "bob", "", None, {"sm": 0.1, "memory": 0.9}),
+               ("0", "GPU-1", 3, "nvenc", "carol", "", None, {"sm": 0.0, "memory": 0.1, "encoder": 0.4})]
+    r = run(procs, {1: 0.01, 2: 0.01, 3: 0.01}, gpu_entries=entries, gpu_text=GPU)
+    assert [(c["name"], c["gpu"]) for c in r["culprits"]] == \
+        [("train", {"GPU0": 0.6}), ("nvenc", {"GPU0": 0.4}), ("membound", {"GPU0": 0.1})]
 
 
 def test_families_carry_ranks_one_to_three():
