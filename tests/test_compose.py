@@ -172,25 +172,32 @@ def test_prometheus_finds_its_config_rules_and_targets_through_the_mounts():
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
-def test_alertmanager_reads_the_secret_files_the_entrypoint_writes(tmp_path):
+def run_alertmanager_entrypoint(tmp_path, env):
+    """The compose entrypoint, run here with the secrets tmpfs and the config mount as directories:
+    returns (the flags it would start Alertmanager with, the secrets directory)."""
     svc = services()["alertmanager"]
-    config_file = container_to_repo(svc, flag(svc, "config.file"))
-    assert config_file == os.path.join(ROOT, "alerting", "alertmanager.yml")
-    with open(config_file) as f:
-        text = f.read()
-    wanted = set(re.findall(r"/etc/alertmanager/secrets/(\w+)", text))
-    assert {"slack_webhook_url", "discord_webhook_url"} <= wanted
     script = svc["entrypoint"][2].replace("$$", "$")
     secrets = tmp_path / "secrets"
     secrets.mkdir()
+    config_dir = container_to_repo(svc, "/etc/alertmanager/config")
+    assert config_dir == os.path.join(ROOT, "alerting")
     script = script.replace("/etc/alertmanager/secrets", str(secrets)).replace(
-        "exec /bin/alertmanager", "exec printf '%s\\n'")
-    env = {"PATH": os.environ["PATH"], "SLACK_WEBHOOK_URL": "https://hooks.slack.example/T/B/x",
-           "DISCORD_WEBHOOK_URL": "https://discord.example/api/webhooks/1/y/slack"}
-    r = subprocess.run(["sh", "-c", script, "alertmanager", *svc["command"]], env=env, capture_output=True,
-                       text=True, timeout=10)
+        "/etc/alertmanager/config", config_dir).replace("exec /bin/alertmanager", "exec printf '%s\\n'")
+    r = subprocess.run(["sh", "-c", script, "alertmanager", *svc["command"]],
+                       env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == svc["command"]  # the flags reach Alertmanager unchanged
+    return svc, secrets
+
+
+def test_alertmanager_reads_the_secret_files_the_entrypoint_writes(tmp_path):
+    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.example/T/B/x",
+           "DISCORD_WEBHOOK_URL": "https://discord.example/api/webhooks/1/y/slack"}
+    svc, secrets = run_alertmanager_entrypoint(tmp_path, env)
+    assert flag(svc, "config.file") == "/etc/alertmanager/secrets/alertmanager.yml"
+    with open(os.path.join(ROOT, "alerting", "alertmanager.yml")) as f:
+        wanted = set(re.findall(r"/etc/alertmanager/secrets/(\w+)", f.read()))
+    assert {"slack_webhook_url", "discord_webhook_url"} <= wanted
     written = {p.name: p for p in secrets.iterdir()}
     assert wanted <= set(written), f"never written: {wanted - set(written)}"
     assert written["slack_webhook_url"].read_text() == env["SLACK_WEBHOOK_URL"]
@@ -199,7 +206,36 @@ def test_alertmanager_reads_the_secret_files_the_entrypoint_writes(tmp_path):
     for p in written.values():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
     # Every variable the script reads is passed into the container.
+    script = svc["entrypoint"][2].replace("$$", "$")
     assert set(re.findall(r"\$\{(\w+):-\}", script)) == set(svc["environment"])
+
+
+@pytest.mark.parametrize("given", [(), ("slack",), ("discord", "pagerduty"), ("slack", "discord", "pagerduty")])
+def test_alertmanager_gets_only_the_integrations_with_a_secret(tmp_path, require_tool, given):
+    """.env leaves unused integrations empty: they are left out of the config Alertmanager runs,
+    instead of failing every notification (and keeping AlertNotificationsFailing firing)."""
+    amtool = require_tool("amtool")
+    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.example/T/B/x" if "slack" in given else "",
+           "DISCORD_WEBHOOK_URL": "https://discord.example/api/webhooks/1/y" if "discord" in given else "",
+           "PAGERDUTY_ROUTING_KEY": "0123456789abcdef0123456789abcdef" if "pagerduty" in given else ""}
+    _, secrets = run_alertmanager_entrypoint(tmp_path, env)
+    config = secrets / "alertmanager.yml"
+    r = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = yaml.safe_load(config.read_text())
+    receivers = {rc["name"]: rc for rc in cfg["receivers"]}
+    urls = lambda name: [c["api_url_file"].rsplit("/", 1)[1] for c in receivers[name].get("slack_configs") or []]  # noqa: E731
+    chat = [f"{k}_webhook_url" for k in ("slack", "discord") if k in given]
+    assert urls("critical") == chat and urls("warning") == chat
+    pager_routes = [rt for rt in cfg["route"]["routes"] if rt["receiver"] == "pager"]
+    assert bool(pager_routes) == ("pagerduty" in given)
+    assert bool(receivers["pager"].get("pagerduty_configs")) == ("pagerduty" in given)
+    # the templates and everything else are the repository's
+    assert cfg["templates"][0] == os.path.join(ROOT, "alerting", "templates", "*.tmpl")
+    full = yaml.safe_load(open(os.path.join(ROOT, "alerting", "alertmanager.yml")))
+    assert cfg["inhibit_rules"] == full["inhibit_rules"]
+    assert [rt for rt in cfg["route"]["routes"] if rt["receiver"] != "pager"] == \
+        [rt for rt in full["route"]["routes"] if rt["receiver"] != "pager"]
 
 
 def test_grafana_is_provisioned_with_min_refresh_and_a_home_dashboard():
