@@ -341,7 +341,9 @@ SCHEMA = {
     "log": {
         "level": Field("str", "info", _level, "one of debug, info, warning, error"),
     },
-    "tiers": {t: Field("float", d, _positive, "a positive number of seconds", lo=0.05, hi=86400)
+    # at most a minute: ExporterStale (alerting/rules/exporter.yml) takes a success timestamp that
+    # did not move for two minutes as a hung collector
+    "tiers": {t: Field("float", d, _positive, "a positive number of seconds", lo=0.05, hi=60)
               for t, d in zip(TIERS, (1.0, 2.0, 5.0, 10.0))},
     "refresh": {
         "timeout_seconds": Field("float", 5.0, _positive, "a positive number of seconds", lo=0.05, hi=3600),
@@ -591,7 +593,7 @@ SECTION_DOCS = {
     "web": "HTTP server (TLS and basic auth live in the web config file) and the live page at /",
     "paths": "where procfs, sysfs and the root filesystem are mounted",
     "log": "log verbosity",
-    "tiers": "refresh interval of each tier, in seconds",
+    "tiers": "refresh interval of each tier, in seconds (0.05 to 60)",
     "refresh": "a refresh slower than timeout_seconds is a failure; data older than this many intervals is dropped",
     "collectors": "enable or disable a collector, or move it to another tier",
     "escalation": "hot readings that switch sensors, process and GPU collectors to the critical interval",

@@ -139,7 +139,7 @@ def test_check_config_reports_every_error(tmp_path):
         "hoofhearted: error: process.top_m: unknown key",
         "hoofhearted: error: process.top_n: expected a non-negative integer, got -1 (allowed: 0 to 1000)",
         "hoofhearted: error: process.cmdline: expected true or false, got 'maybe'",
-        "hoofhearted: error: tiers.critical: expected a positive number of seconds, got 0.0 (allowed: 0.05 to 86400)",
+        "hoofhearted: error: tiers.critical: expected a positive number of seconds, got 0.0 (allowed: 0.05 to 60)",
         "hoofhearted: error: bogus: unknown key",
         "hoofhearted: error: web.listen_address: expected host:port, got 'nowhere'",
     ]

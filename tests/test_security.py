@@ -172,9 +172,11 @@ def test_errors_name_the_key_not_the_file_text(tmp_path, flag, text):
 
 @pytest.mark.parametrize("text, message", [
     ("tiers: {critical: 0.000000001}\n", "tiers.critical: expected a positive number of seconds, got 1e-09 "
-                                         "(allowed: 0.05 to 86400)"),
+                                         "(allowed: 0.05 to 60)"),
     ("tiers: {standard: 1000000000000.0}\n", "tiers.standard: expected a positive number of seconds, "
                                              "got 1000000000000.0"),
+    ("tiers: {background: 300}\n", "tiers.background: expected a positive number of seconds, got 300.0 "
+                                   "(allowed: 0.05 to 60)"),
     ("tiers: {critical: .nan}\n", "tiers.critical: expected a positive number of seconds, got nan"),
     ("tiers: {critical: .inf}\n", "tiers.critical: expected a positive number of seconds, got inf"),
     ("process: {top_n: 1000000000}\n", "process.top_n: expected a non-negative integer, got 1000000000 "
@@ -209,7 +211,7 @@ def test_duplicate_keys_in_the_web_config(tmp_path):
 
 def test_environment_bounds():
     from exporter import config as cfgmod
-    with pytest.raises(cfgmod.ConfigError, match=r"HOOFHEARTED_TIERS_CRITICAL: .* \(allowed: 0.05 to 86400\)"):
+    with pytest.raises(cfgmod.ConfigError, match=r"HOOFHEARTED_TIERS_CRITICAL: .* \(allowed: 0.05 to 60\)"):
         cfgmod.build(environ={"HOOFHEARTED_TIERS_CRITICAL": "1e-9"})
     assert cfgmod.build(environ={"HOOFHEARTED_TIERS_CRITICAL": "0.05"})["tiers"]["critical"] == 0.05
 
