@@ -319,15 +319,11 @@ class Prometheus:
 
 
 def fake_gpu_modules():
-    """The fake NVML scenarios the exporter can load, one per host, or None when it cannot."""
-    from exporter.config import FIELDS
-    if ("gpu", "nvml_module") not in FIELDS:
-        return None
+    """The fake NVML scenario each host loads (the exporter's gpu.nvml_module allows tests.fakenvml.*)."""
     wanted = ("datacenter", "geforce", "box")   # box: Xid, retired pages, PCIe throughput
-    have = [m for m in wanted if os.path.exists(os.path.join(HERE, "fakenvml", f"{m}.py"))]
-    if not have:
-        return None
-    return [f"tests.fakenvml.{have[i % len(have)]}" for i in range(len(HOSTS))]
+    for m in wanted:
+        assert os.path.exists(os.path.join(HERE, "fakenvml", f"{m}.py")), f"fake NVML scenario {m} is missing"
+    return [f"tests.fakenvml.{wanted[i % len(wanted)]}" for i in range(len(HOSTS))]
 
 
 class Stack:
@@ -357,8 +353,7 @@ class Stack:
         self.gpu = fake_gpu_modules()
         for i, name in enumerate(HOSTS):
             env = {}
-            if self.gpu:
-                env["HOOFHEARTED_GPU_NVML_MODULE"] = self.gpu[i]
+            env["HOOFHEARTED_GPU_NVML_MODULE"] = self.gpu[i]
             if name == "host-a":
                 env["HOOFHEARTED_GRAFANA_LIVE_URL"] = self.receiver.url
                 env["HOOFHEARTED_GRAFANA_LIVE_TOKEN"] = "test-token"
