@@ -31,6 +31,7 @@ PKG_FILES = pyproject.toml $(wildcard exporter/*.py exporter/*/*.py exporter/dat
 $(VENV)/.runtime: $(PKG_FILES) | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q .
 	touch $@
+	rm -f $(VENV)/.installed    # that replaced the editable install: `make test` puts it back
 
 # Everything the tests need too (pyproject's [test] extra).
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python

@@ -551,3 +551,22 @@ def test_a_password_file_must_be_a_small_regular_text_file(tmp_path, kind):
     ok = tmp_path / "ok"
     ok.write_text("s3cret\n")
     assert _password({"password_file": str(ok)}, "k") == "s3cret"
+
+
+def test_redfish_chassis_added_later_is_found(tmp_path, monkeypatch):
+    need_module("sushy_tools", "__name__")
+    from exporter.sources import bmc_redfish
+    monkeypatch.setattr(bmc_redfish, "RELIST", 3)
+    tree = subsystem_tree()
+    bmc = SushyStatic(tmp_path, tree)
+    try:
+        reader = redfish_reader(bmc.url, auth="basic")
+        assert [f.fan for f in reader.read().fans] == ["System Fan 1", "System Fan 2"]
+        shelf = "/redfish/v1/Chassis/Shelf"
+        bmc.write(shelf, {"Id": "Shelf", "Thermal": {"@odata.id": shelf + "/Thermal"}})
+        bmc.write(shelf + "/Thermal", {"Fans": [{"Name": "Shelf Fan", "Reading": 3000}]})
+        bmc.write("/redfish/v1/Chassis", {"Members": [{"@odata.id": CH}, {"@odata.id": shelf}]})
+        assert len(reader.read().fans) == 2                     # the second read: the list it had
+        assert [f.fan for f in reader.read().fans] == ["1U/System Fan 1", "1U/System Fan 2", "Shelf/Shelf Fan"]
+    finally:
+        bmc.stop()

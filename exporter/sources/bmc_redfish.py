@@ -13,6 +13,7 @@ from .bmc import BMCError, Fan, Power, Snapshot, Temperature, scrub, unique
 _OFF_STATES = {"Absent", "Disabled", "UnavailableOffline", "StandbyOffline", "StandbySpare", "Deferring",
                "Quiesced", "InTest", "Starting"}
 _ROOT = "/redfish/v1"
+RELIST = 30          # reads between listings of the chassis (a blade or a PSU shelf may be added)
 
 
 class RedfishReader:
@@ -44,7 +45,8 @@ class RedfishReader:
         if auth == "basic" and username is not None:
             self.http.auth = (username, password or "")
         self._session_uri = None
-        self._chassis = None                 # [chassis URI], found once
+        self._chassis = None                 # [chassis URI], listed again every RELIST reads
+        self._reads = 0
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -138,7 +140,8 @@ class RedfishReader:
                 raise
 
     def _read(self):
-        if self._chassis is None:
+        self._reads += 1
+        if self._chassis is None or self._reads % RELIST == 0:
             coll = self._get(_ROOT + "/Chassis")
             self._chassis = [m["@odata.id"] for m in coll.get("Members", []) if isinstance(m, dict)
                              and "@odata.id" in m]
