@@ -123,12 +123,14 @@ def parse_duration(text):
 class TLSSettings:
     """An ssl.SSLContext built from tls_server_config, plus the SAN allow-list it carries."""
 
-    def __init__(self, context, allowed_sans, files, client_auth, min_version=ssl.TLSVersion.TLSv1_2):
+    def __init__(self, context, allowed_sans, files, client_auth, min_version=ssl.TLSVersion.TLSv1_2,
+                 cipher_suites=()):
         self.context = context
         self.allowed_sans = allowed_sans
         self.files = files
         self.client_auth = client_auth
         self.min_version = min_version
+        self.cipher_suites = frozenset(cipher_suites)   # empty: OpenSSL's defaults
 
     def peer_allowed(self, peercert):
         """client_allowed_sans: the verified client certificate names one of the entries."""
@@ -300,7 +302,7 @@ def _tls(path, tls):
         except (ssl.SSLError, ValueError) as e:
             _fail(path, k + ("client_ca_file" if ca_file else "client_ca"),
                   f"no CA certificate loads: {getattr(e, 'reason', None) or e}")
-    return TLSSettings(ctx, allowed_sans, files, auth, versions["min_version"])
+    return TLSSettings(ctx, allowed_sans, files, auth, versions["min_version"], ciphers)
 
 
 def _users(path, users):
@@ -584,6 +586,9 @@ def weakenings(old, new):
             out.append(f"min_version would go down to {new.tls.min_version.name}")
         if old.tls.allowed_sans is not None and new.tls.allowed_sans is None:
             out.append("client_allowed_sans would be dropped")
+        wider = not new.tls.cipher_suites or not new.tls.cipher_suites <= old.tls.cipher_suites   # empty: defaults
+        if old.tls.cipher_suites and wider:
+            out.append("cipher_suites would allow ciphers the running config refuses")
     return out
 
 

@@ -267,3 +267,25 @@ def test_reloads_run_on_their_own_thread_not_on_requests(tmp_path, start_exporte
         assert time.monotonic() < deadline, exp.log
         time.sleep(0.05)
     assert exp.get("/-/healthy").headers["X-Frame-Options"] == "sameorigin"
+
+
+def test_widening_cipher_suites_is_a_weakening(pki, tmp_path):
+    """Dropping the cipher list, or adding a cipher the running config refuses, lets in clients
+    the running config keeps out; narrowing it does not."""
+    from exporter.webconfig import load_web_config, weakenings
+    base = node_exporter_style(pki, tmp_path, {"prom": hashpw("pw")}).read_text()
+
+    def with_ciphers(name, ciphers):
+        text = base.replace("  key_file: server.key\n", "  key_file: server.key\n" + (
+            "  cipher_suites: [" + ", ".join(ciphers) + "]\n" if ciphers else ""))
+        p = tmp_path / name
+        p.write_text(text)
+        return load_web_config(str(p))
+
+    strong = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]
+    old = with_ciphers("old.yml", strong)
+    why = "cipher_suites would allow ciphers the running config refuses"
+    assert weakenings(old, with_ciphers("wider.yml", strong + ["TLS_RSA_WITH_AES_128_CBC_SHA"])) == [why]
+    assert weakenings(old, with_ciphers("defaults.yml", [])) == [why]
+    assert weakenings(old, with_ciphers("narrower.yml", strong[:1])) == []
+    assert weakenings(with_ciphers("none.yml", []), with_ciphers("some.yml", strong)) == []
