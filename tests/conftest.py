@@ -156,6 +156,17 @@ def start_exporter():
         exp.stop()
 
 
+@pytest.fixture
+def gpu_burn_tree(tmp_path):
+    """A procfs tree with the datacenter capture's GPU processes (gpu_burn of alice, memhog of bob)."""
+    from proctree import Tree, passwd
+    rootfs = passwd(tmp_path / "root", {1000: "alice", 1001: "bob"})
+    tree = Tree(tmp_path / "proc")
+    tree.proc(11345, "gpu_burn", uid=1000)
+    tree.proc(11327, "memhog", uid=1001)
+    return tree, rootfs
+
+
 def parse_exposition(text):
     """{(name, frozenset(labels.items())): value}; fails on a duplicate series."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from conftest import ROOT
-from proctree import Tree, passwd
 from test_verdict import FANS, GPU, HOST, Stub, Table, families, proc
 
 if ROOT not in sys.path:
@@ -144,17 +143,8 @@ def test_a_hot_part_without_a_power_reading_is_not_blamed_on_another_part():
     assert r["sentence"] == "Fans at 78% (nct6775 fan2, 1840 rpm) because stress (pid 10, bob) uses 1.90 cores."
 
 
-@pytest.fixture
-def gpu_tree(tmp_path):
-    rootfs = passwd(tmp_path / "root", {1000: "alice", 1001: "bob"})
-    tree = Tree(tmp_path / "proc")
-    tree.proc(11345, "gpu_burn", uid=1000)
-    tree.proc(11327, "memhog", uid=1001)
-    return tree, rootfs
-
-
-def test_gpu_domain_on_the_fake_nvml_follows_sm_shares_and_adds_up(gpu_tree):
-    tree, rootfs = gpu_tree
+def test_gpu_domain_on_the_fake_nvml_follows_sm_shares_and_adds_up(gpu_burn_tree):
+    tree, rootfs = gpu_burn_tree
     nv = scenarios.datacenter()
     fake = nv._fake.gpus[0]
     fake.power_mw, fake.utilization = 400_000, (100, 30)

@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from bmcsim import (CH, PASSWORD, USER, DeadBMC, IPMISim, SessionFront, SushyEmulator, SushyStatic, NO_SCANNING,
-                    subsystem_tree)
+from bmcsim import (CH, PASSWORD, USER, Catcher, DeadBMC, IPMISim, SessionFront, SushyEmulator, SushyStatic,
+                    NO_SCANNING, subsystem_tree)
 from certs import CA
 from conftest import ROOT, need_module, need_tool, parse_exposition, sample
 from exporter.sources.bmc import BMCError, Fan, Power, Snapshot, Temperature
@@ -437,34 +437,6 @@ def test_readme_bmc_example_is_a_valid_config(tmp_path):
 
 
 # -- what a BMC must not be able to do -----------------------------------------------------
-
-class Catcher:
-    """An HTTP server that records who asked for what, with which credentials."""
-
-    def __init__(self):
-        import http.server
-        import threading
-        seen = self.seen = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                seen.append((self.path, self.headers.get("Authorization")))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.mark.parametrize("link", ["{catcher}/steal", "//127.0.0.1:{port}/steal", "https://127.0.0.1:{bmc}/x",
                                   "http://user@127.0.0.1:{bmc}" + CH])

@@ -7,7 +7,6 @@ import pytest
 from test_gpu_nvidia import Clock, registry, value
 
 from conftest import ROOT
-from proctree import Tree, passwd
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -156,17 +155,8 @@ def test_field_refused_by_the_driver_is_not_asked_again():
 
 # -- engine busy time as counters -------------------------------------------------------------------
 
-@pytest.fixture
-def live_tree(tmp_path):
-    rootfs = passwd(tmp_path / "root", {1000: "alice", 1001: "bob"})
-    tree = Tree(tmp_path / "proc")
-    tree.proc(11345, "gpu_burn", uid=1000)
-    tree.proc(11327, "memhog", uid=1001)
-    return tree, rootfs
-
-
-def test_nvidia_engine_seconds_integrate_the_samples(live_tree):
-    tree, rootfs = live_tree
+def test_nvidia_engine_seconds_integrate_the_samples(gpu_burn_tree):
+    tree, rootfs = gpu_burn_tree
     clock = Clock()
     nv = scenarios.datacenter(clock=clock)
     gp = GPUProcessCollector(NvidiaSource(nv), procfs=tree.root, sysfs="/nonexistent",
@@ -193,8 +183,8 @@ def test_nvidia_engine_seconds_integrate_the_samples(live_tree):
     assert value(reg, "hoofhearted_gpu_process_engine_seconds_total", engine="sm", **memhog) == 0
 
 
-def test_engine_seconds_never_go_backwards_across_an_nvml_restart(live_tree):
-    tree, rootfs = live_tree
+def test_engine_seconds_never_go_backwards_across_an_nvml_restart(gpu_burn_tree):
+    tree, rootfs = gpu_burn_tree
     clock = Clock()
     nv = scenarios.datacenter(clock=clock)
     gp = GPUProcessCollector(NvidiaSource(nv, max_backoff=1.0), procfs=tree.root, sysfs="/nonexistent",

@@ -236,6 +236,11 @@ def test_display_only_drm_card_costs_no_fd_scan(tmp_path):
         (dev / "uevent").write_text(f"DRIVER={driver}\nPCI_SLOT_NAME={slot}\n")
     (cards,) = [drm.list_cards(str(tmp_path / "sys"))]
     assert [(c.driver, c.renders) for c in cards] == [("ast", False)]
+    from exporter.config import defaults
+    cfg = defaults()
+    cfg["paths"]["sysfs"] = str(tmp_path / "sys")
+    cfg["gpu"]["nvml_module"] = "fakenvml.nodriver"
+    assert GPUProcessCollector.create(cfg) is None     # not even a collector that finds nothing
     proc = "/proc"
     gp = GPUProcessCollector(None, procfs=proc, sysfs=str(tmp_path / "sys"), scanner=processes.Scanner(proc, "/"))
     gp.refresh(0.0)

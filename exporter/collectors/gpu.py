@@ -13,7 +13,7 @@ import threading
 import time
 
 from .. import config as cfgmod
-from ..sources import amdgpu, drm, fdinfo, intelgpu, nvidia, processes
+from ..sources import amdgpu, fdinfo, intelgpu, nvidia, processes
 from .base import Collector, counter, gauge
 
 log = logging.getLogger("hoofhearted.gpu")
@@ -450,8 +450,8 @@ class GPUProcessCollector(Collector):
         if src is not None and not (src.ensure(time.monotonic()) and src.devices):
             release_source(src)       # a driver without GPUs (or none loaded): nothing to ask NVML
             src = None
-        if src is None and not any(c.driver not in fdinfo.SKIP_DRIVERS for c in drm.list_cards(paths["sysfs"])):
-            return None     # no GPU: nothing to look for in every process's file descriptors
+        if src is None and not fdinfo.gpu_cards(paths["sysfs"]):
+            return None     # no GPU (a BMC's display chip is none): nothing to look for in every process's fds
         return cls(src, paths["procfs"], paths["sysfs"], g["top_n"], g["max_groups"],
                    processes.shared(paths["procfs"], paths["rootfs"]))
 
@@ -489,7 +489,7 @@ class GPUProcessCollector(Collector):
         return out
 
     def _drm(self, now, table):
-        cards = [c for c in drm.list_cards(self.sysfs) if c.driver not in fdinfo.SKIP_DRIVERS and c.renders]
+        cards = fdinfo.gpu_cards(self.sysfs)
         if not cards:
             return []
         by_key = {c.key: c for c in cards}

@@ -23,12 +23,18 @@ exporter's own user's processes are seen.
 import os
 from dataclasses import dataclass, field
 
+from .drm import list_cards
 from .host import read_text
 
 UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
 LOCAL_REGIONS = ("vram", "local")
 SKIP_DRIVERS = {"nvidia-drm", "nvidia"}       # NVIDIA's numbers come from NVML
 FULL_SCAN_EVERY = 10.0                          # seconds between looks at every process's fds
+
+
+def gpu_cards(sysfs):
+    """The DRM cards whose per-process use comes from fdinfo: GPUs that render, NVIDIA's left to NVML."""
+    return [c for c in list_cards(sysfs) if c.driver not in SKIP_DRIVERS and c.renders]
 
 
 @dataclass
