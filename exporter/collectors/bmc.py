@@ -17,7 +17,7 @@ from .. import config as cfgmod
 from ..sources import bmc_ipmi
 from ..sources.bmc import BMCError, Snapshot, scrub
 from .base import Collector, gauge
-from ..sources.sensors import CELSIUS, RPM, WATTS
+from ..sources.sensors import CELSIUS, RPM, WATTS, plausible
 from .sensors import add_temperature, invalid_family, reading_families
 
 log = logging.getLogger("hoofhearted.bmc")
@@ -158,7 +158,7 @@ class BMCCollector(Collector):
     def _check(self, value, bounds):
         """The value when it is a plausible reading; None (counted) when a BMC sent NaN, an
         infinity or a number out of range: a lying sensor must not become the verdict's hottest."""
-        if value is None or bounds[0] <= value <= bounds[1]:
+        if value is None or plausible(value, bounds):
             return value
         self.invalid += 1
         return None

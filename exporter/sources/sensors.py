@@ -106,15 +106,17 @@ def _read_number(path):
     return _number(read_bytes(path))
 
 
+def plausible(value, bounds):
+    """Whether a reading is a number within bounds (NaN and infinities are not)."""
+    return value is not INVALID and bounds[0] <= value <= bounds[1]
+
+
 def _check(value, scale, bounds, snap):
     """value / scale when within bounds; None (counted in snap.invalid) when not."""
     if value is None:
         return None
-    if value is INVALID:
-        snap.invalid += 1
-        return None
     v = value / scale
-    if not bounds[0] <= v <= bounds[1]:
+    if not plausible(v, bounds):
         snap.invalid += 1
         return None
     return v
