@@ -71,6 +71,11 @@ NO_GPUS = "No GPU on the selected host"
 NO_FAILURES = "Every collector succeeded over the range"
 
 
+def dashed(name, dash=(10, 10)):
+    """A series drawn as a dashed line without fill: a limit or a maximum beside the reading."""
+    return override(name, custom__lineStyle={"dash": list(dash), "fill": "dash"}, custom__fillOpacity=0)
+
+
 def override(name, **props):
     """Field override by display name or refId ('#A')."""
     if name.startswith("#"):
@@ -483,8 +488,8 @@ def gpu():
         (f"hoofhearted_gpu_temperature_celsius{{{IG}}}", "temperature"),
         (f"hoofhearted_gpu_temperature_slowdown_celsius{{{IG}}}", "slowdown"),
         (f"hoofhearted_gpu_temperature_shutdown_celsius{{{IG}}}", "shutdown")), unit="celsius", no_data=NO_GPUS,
-        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
-                   override("#C", custom__lineStyle={"dash": [4, 4], "fill": "dash"}, custom__fillOpacity=0)]),
+        overrides=[dashed("#B"),
+                   dashed("#C", (4, 4))]),
         8, 8)
     b.add(timeseries("Fan", targets((f"hoofhearted_gpu_fan_speed_ratio{{{IG}}}", "fan {{fan}} (asked)"),
                                     (f"hoofhearted_gpu_fan_speed_rpm{{{IG}}}", "fan {{fan}} rpm")),
@@ -501,9 +506,9 @@ def gpu():
         (f"hoofhearted_gpu_soc_power_watts{{{IG}}}", "APU package")),
         unit="watt", minimum=0, no_data=NO_GPUS,
         description="An APU reports the power of its whole package (CPU cores included), shown apart.",
-        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
-                   override("#D", custom__lineStyle={"dash": [4, 4], "fill": "dash"}, custom__fillOpacity=0),
-                   override("#E", custom__lineStyle={"dash": [2, 6], "fill": "dash"}, custom__fillOpacity=0)]),
+        overrides=[dashed("#B"),
+                   dashed("#D", (4, 4)),
+                   dashed("#E", (2, 6))]),
         8, 8)
     b.add(timeseries("Clocks", targets((f"hoofhearted_gpu_clock_hertz{{{IG}}}", "{{clock}}")),
                      unit="hertz", no_data=NO_GPUS), 8, 8)
@@ -570,8 +575,8 @@ def gpu():
         (f"hoofhearted_gpu_pcie_link_max_width{{{IG}}}", "max lanes"),
         (f"hoofhearted_gpu_pcie_link_generation{{{IG}}}", "generation"),
         (f"hoofhearted_gpu_pcie_link_max_generation{{{IG}}}", "max generation")), minimum=0, no_data=NO_GPUS,
-        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
-                   override("#D", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0)],
+        overrides=[dashed("#B"),
+                   dashed("#D")],
         description="Fewer lanes than the maximum: the link trained down (reseat the card). The generation "
                     "drops at idle to save power."), 8, 8)
     b.add(timeseries("PCIe traffic and replays", targets(
@@ -586,7 +591,7 @@ def gpu():
         (f"hoofhearted_gpu_nvlink_links{{{IG}}}", "links"),
         (f"increase(hoofhearted_gpu_nvlink_errors_total{{{IG}}}[$__rate_interval])", "{{error}} errors")),
         minimum=0, no_data="No NVLink on this GPU",
-        overrides=[override("#B", custom__lineStyle={"dash": [10, 10], "fill": "dash"}, custom__fillOpacity=0),
+        overrides=[dashed("#B"),
                    override("#C", custom__axisPlacement="right")],
         description="Links up against links present; errors over all links."), 8, 8)
     b.add(timeseries("NVLink traffic", targets(
