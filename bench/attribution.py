@@ -12,9 +12,7 @@ apart, which is its known limit (docs/processes.md). On a machine with readable 
 """
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from tests.raplsim import RaplTree  # noqa: E402
-from tests.workers import DUTY, Workers, cpu_seconds  # noqa: E402
+from tests.workers import DUTY, Workers  # noqa: E402
+
+from .exporters import parse_metrics, start_hoofhearted  # noqa: E402
+from .procs import Reaper, cpu_seconds  # noqa: E402
 
 WATTS = 40.0
 MEMORY = """
@@ -46,39 +47,18 @@ SCENARIOS = (
     ("memory-bound loop", [("hhmemory", MEMORY)]),
     ("compute-bound loop", [("hhcompute", COMPUTE)]),
 )
-LINE = re.compile(r'^(hoofhearted_[a-z_]+)(?:\{([^}]*)\})? (\S+)$', re.M)
 MARK = "## Power attribution"
 
 
-def parse(text):
-    out = []
-    for name, labels, value in LINE.findall(text):
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels or ""))
-        out.append((name, lab, float(value)))
-    return out
-
-
 def one(samples, name, **labels):
-    return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+    return sum(v for lab, v in samples.get(name, ()) if labels.items() <= lab.items())
 
 
-def start_exporter(sysfs, workdir):
+def start_exporter(reaper, sysfs, workdir):
     cfg = os.path.join(workdir, "config.yml")
     with open(cfg, "w") as f:
         f.write("collectors:\n  rapl: {tier: important}\n")
-    log = open(os.path.join(workdir, "exporter.log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0",
-                             f"--config.file={cfg}", f"--path.sysfs={sysfs}"], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with open(log.name) as f:
-            m = re.search(r"address=(\S+)", f.read())
-        if m:
-            return proc, f"http://{m.group(1)}"
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("exporter did not start")
+    return start_hoofhearted(reaper, workdir, [f"--config.file={cfg}", f"--path.sysfs={sysfs}"]).url
 
 
 def scenario(url, loads, seconds, ncores):
@@ -90,9 +70,9 @@ def scenario(url, loads, seconds, ncores):
         names = {name for name, *_ in loads}
 
         def energy():
-            s = parse(requests.get(url + "/metrics", timeout=10).text)
-            return sum(v for n, lab, v in s if n == "hoofhearted_process_group_energy_joules_total"
-                       and lab.get("group") in names and lab.get("domain") == "package-0")
+            s = parse_metrics(requests.get(url + "/metrics", timeout=10).text)
+            return sum(v for lab, v in s.get("hoofhearted_process_group_energy_joules_total", ())
+                       if lab.get("group") in names and lab.get("domain") == "package-0")
         e0, c0 = energy(), sum(cpu_seconds(p.pid) for p in procs)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -101,7 +81,7 @@ def scenario(url, loads, seconds, ncores):
             time.sleep(2.0)
             text = requests.get(url + "/metrics", timeout=10).text
             rate = sum(cpu_seconds(p.pid) - before[p.pid] for p in procs) / (time.monotonic() - t0)
-            s = parse(text)
+            s = parse_metrics(text)
             measured = one(s, "hoofhearted_cpu_power_watts", domain="package-0")
             got = sum(one(s, "hoofhearted_process_power_watts", pid=str(p.pid), domain="package-0") for p in procs)
             cores = sum(one(s, "hoofhearted_process_cpu_usage_cores", pid=str(p.pid)) for p in procs)
@@ -217,16 +197,16 @@ def main(argv=None):
         tree = None if args.sysfs else RaplTree(os.path.join(tmp, "sys"), watts=WATTS)
         sysfs = args.sysfs or tree.root
         note = f"real RAPL under {sysfs}" if args.sysfs else f"a sysfs tree at a constant {WATTS:.0f} W"
-        proc, url = start_exporter(sysfs, tmp)
+        reaper = Reaper()
         try:
+            url = start_exporter(reaper, sysfs, tmp)
             rows = []
             for name, loads in SCENARIOS:
                 line = summarise(name, scenario(url, loads, args.seconds, ncores))
                 print(line, flush=True)
                 rows.append(line)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            reaper.kill_all()
             if tree:
                 tree.stop()
     section = render(rows, note, cost_line())

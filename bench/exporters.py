@@ -58,9 +58,11 @@ def _wait_http(url, proc, log_path, timeout=30.0):
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s:\n{_log_tail(log_path)}")
 
 
-def start_hoofhearted(reaper, workdir, args=()):
+def start_hoofhearted(reaper, workdir, args=(), own_env=False):
+    """This checkout's exporter on a free loopback port, once ready. The bench runs it on defaults
+    (HOOFHEARTED_* left out of its environment) unless ``own_env``."""
     log_path = os.path.join(workdir, "hoofhearted.log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOFHEARTED_")}
+    env = {k: v for k, v in os.environ.items() if own_env or not k.startswith("HOOFHEARTED_")}
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "w") as log:
         proc = reaper.spawn([sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", *args],
@@ -78,6 +80,16 @@ def start_hoofhearted(reaper, workdir, args=()):
     url = f"http://{address}"
     _wait_http(url + "/-/ready", proc, log_path)
     return Exporter("hoofhearted", proc, url, log_path)
+
+
+def parse_metrics(text):
+    """Prometheus exposition -> {sample name: [(labels, value)]}, through prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
 
 
 def _start_go(reaper, name, argv_for_port, log_path):

@@ -19,9 +19,12 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
+
+from .exporters import parse_metrics, start_hoofhearted
+from .procs import Reaper
 
 MIB = 1024 * 1024
 
@@ -123,28 +126,6 @@ def parse_csv(text):
     return [dict(zip(header, (v.strip() for v in line.split(", ")))) for line in lines[1:]]
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text):
-    """Prometheus exposition -> {name: [(labels, value)]}."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group(2) or ""))
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out.setdefault(m.group(1), []).append((labels, value))
-    return out
-
-
 def lookup(metrics, name, labels):
     for have, value in metrics.get(name, ()):
         if all(have.get(k) == v for k, v in labels.items()):
@@ -242,38 +223,6 @@ def run_smi(smi, fields, what="gpu"):
     return parse_csv(r.stdout)
 
 
-class Exporter:
-    """This checkout's exporter on a loopback port, until stop()."""
-
-    def __init__(self, args=()):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", *args],
-                                     cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.url = None
-        deadline = time.monotonic() + 30
-        for line in self.proc.stdout:
-            m = re.search(r"address=(\S+)", line)
-            if m:
-                self.url = f"http://{m.group(1)}"
-                break
-            if time.monotonic() > deadline:
-                break
-        if self.url is None:
-            self.stop()
-            raise RuntimeError("the exporter did not start")
-        # keep reading its log so that a chatty exporter never blocks on a full pipe
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def scrape(url, user=None, password=None):
     import requests
     auth = (user, password) if user else None
@@ -293,14 +242,13 @@ def main(argv=None):
     if not shutil.which(args.smi) and not os.path.exists(args.smi):
         print(f"gpu-check: {args.smi} not found: nothing to compare on this machine", file=sys.stderr)
         return 2
-    exporter = None
+    reaper, tmp = Reaper(), tempfile.mkdtemp(prefix="gpu-check-")
     try:
         fields = known_fields(args.smi)
         if args.url:
             url = args.url
         else:
-            exporter = Exporter()
-            url = exporter.url
+            url = start_hoofhearted(reaper, tmp, own_env=True).url   # configured as the user's
             time.sleep(args.settle)
         scrape(url)                     # the first read primes rates and process samples
         time.sleep(2.0)
@@ -311,8 +259,8 @@ def main(argv=None):
         print(f"gpu-check: {e}", file=sys.stderr)
         return 2
     finally:
-        if exporter is not None:
-            exporter.stop()
+        reaper.kill_all()
+        shutil.rmtree(tmp, ignore_errors=True)
     if not gpus:
         print("gpu-check: nvidia-smi lists no GPU: nothing to compare", file=sys.stderr)
         return 2
