@@ -7,11 +7,11 @@ import copy
 import ipaddress
 import os
 import re
-import stat
 
 import yaml
 
 from .collectors import DEFAULT_TIERS
+from .sources.host import FileTooLarge, read_file
 
 TIERS = ("critical", "important", "standard", "background")
 
@@ -494,27 +494,14 @@ MAX_FILE_BYTES = 1 << 20
 def read_yaml(path, what="config file", error=ConfigError, regular_only=False):
     """Parse a YAML file of at most MAX_FILE_BYTES; every failure is one `error` line naming the
     file. ``regular_only``: refuse FIFOs and devices (a file re-read while serving must not block)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
     try:
-        fd = os.open(path, flags)
-        try:
-            if regular_only and not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise error(f"{what} {path}: cannot read: not a regular file")
-            chunks, size = [], 0
-            while size <= MAX_FILE_BYTES:
-                b = os.read(fd, MAX_FILE_BYTES + 1 - size)
-                if not b:
-                    break
-                chunks.append(b)
-                size += len(b)
-        finally:
-            os.close(fd)
+        data = read_file(path, MAX_FILE_BYTES, regular_only)
+    except FileTooLarge:
+        raise error(f"{what} {path}: larger than {MAX_FILE_BYTES} bytes") from None
     except OSError as e:
         raise error(f"{what} {path}: cannot read: {e.strerror or e}") from None
-    if size > MAX_FILE_BYTES:
-        raise error(f"{what} {path}: larger than {MAX_FILE_BYTES} bytes")
     try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{what} {path}: not UTF-8 text") from None
     try:

@@ -17,7 +17,6 @@ import os
 import queue
 import re
 import ssl
-import stat
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from collections import OrderedDict
 import bcrypt
 
 from .config import ConfigError, key_shown, read_yaml, shown
+from .sources.host import FileTooLarge, read_file
 
 log = logging.getLogger("hoofhearted.webconfig")
 
@@ -151,25 +151,11 @@ def _read_file(path, key, name, limit=1 << 20):
     """A certificate or key file: a regular file of at most ``limit`` bytes, read without
     blocking (a FIFO or a device in its place is an error, not a hang)."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        _fail(path, key, f"cannot read {name}: {e.strerror or e}")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            _fail(path, key, f"cannot read {name}: not a regular file")
-        data = os.read(fd, limit + 1)
-        while data and len(data) <= limit:
-            more = os.read(fd, limit + 1 - len(data))
-            if not more:
-                break
-            data += more
-    except OSError as e:
-        _fail(path, key, f"cannot read {name}: {e.strerror or e}")
-    finally:
-        os.close(fd)
-    if len(data) > limit:
+        return read_file(name, limit)
+    except FileTooLarge:
         _fail(path, key, f"{name} is larger than {limit} bytes")
-    return data
+    except OSError as e:
+        _fail(path, key, f"cannot read {name}: {e.strerror or e}")
 
 
 def _no_password():

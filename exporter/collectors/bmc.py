@@ -8,7 +8,6 @@ again until the hung read returns.
 """
 import logging
 import os
-import stat
 import threading
 import time
 from dataclasses import replace
@@ -17,6 +16,7 @@ from .. import config as cfgmod
 from ..sources import bmc_ipmi
 from ..sources.bmc import BMCError, Snapshot, scrub
 from .base import Collector, gauge
+from ..sources.host import read_file
 from ..sources.sensors import CELSIUS, RPM, WATTS, plausible
 from .sensors import add_temperature, invalid_family, reading_families
 
@@ -207,24 +207,9 @@ def _password(target, key):
         path = target["password_file"]
         where = f"{key}.password_file: cannot read {path}"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            data = read_file(path, PASSWORD_LIMIT)
         except OSError as e:
             raise cfgmod.ConfigError(f"{where}: {e.strerror or type(e).__name__}") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise cfgmod.ConfigError(f"{where}: not a regular file")
-            data = b""
-            while len(data) <= PASSWORD_LIMIT:
-                more = os.read(fd, PASSWORD_LIMIT + 1 - len(data))
-                if not more:
-                    break
-                data += more
-        except OSError as e:
-            raise cfgmod.ConfigError(f"{where}: {e.strerror or type(e).__name__}") from None
-        finally:
-            os.close(fd)
-        if len(data) > PASSWORD_LIMIT:
-            raise cfgmod.ConfigError(f"{where}: larger than {PASSWORD_LIMIT} bytes")
         try:
             return data.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:

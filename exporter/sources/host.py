@@ -7,6 +7,7 @@ CPU frequencies (psutil's paths are fixed to /sys) and the mount table (psutil r
 <procfs>/self/mounts, which in a container is the container's own; the host's is
 <procfs>/1/mounts). docs/design.md has the measurements.
 """
+import errno
 import os
 import re
 import socket
@@ -43,17 +44,19 @@ class TooLarge(bytes):
     """What read_bytes returns for a file over its limit: a reading no sensor could give."""
 
 
-def read_bytes(path, limit=SYSFS_LIMIT):
-    """At most ``limit`` bytes of a regular file, or None. Never blocks on a FIFO or a device
-    (opened non-blocking, and only regular files are read, as every sysfs and procfs file
-    is); a file longer than ``limit`` gives TooLarge(b"") instead of filling memory."""
+class FileTooLarge(OSError):
+    """read_file: the file is longer than the limit."""
+
+
+def read_file(path, limit, regular_only=True):
+    """The bytes of a file of at most ``limit`` bytes. ``regular_only``: opened non-blocking and
+    only a regular file is read, so a FIFO or a device in its place is an error, not a hang.
+    Raises OSError whose strerror says why not: the system's reason, "not a regular file", or
+    FileTooLarge ("larger than N bytes") instead of filling memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
+        if regular_only and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         chunks, size = [], 0
         while size <= limit:
             b = os.read(fd, min(65536, limit + 1 - size))
@@ -61,13 +64,22 @@ def read_bytes(path, limit=SYSFS_LIMIT):
                 break
             chunks.append(b)
             size += len(b)
-        if size > limit:
-            return TooLarge(b"")
-        return b"".join(chunks)
-    except OSError:
-        return None
     finally:
         os.close(fd)
+    if size > limit:
+        raise FileTooLarge(errno.EFBIG, f"larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def read_bytes(path, limit=SYSFS_LIMIT):
+    """At most ``limit`` bytes of a regular file (read_file), or None; a file longer than
+    ``limit`` gives TooLarge(b"")."""
+    try:
+        return read_file(path, limit)
+    except FileTooLarge:
+        return TooLarge(b"")
+    except (OSError, ValueError):
+        return None
 
 
 def read_text(path, limit=SYSFS_LIMIT):

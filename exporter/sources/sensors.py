@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .host import TooLarge, read_bytes, read_text
+from .host import SYSFS_LIMIT, FileTooLarge, TooLarge, read_bytes, read_file, read_text
 
 _SENSOR_FILE = re.compile(r"^(temp|fan|pwm|power)(\d+)(?:_(.+))?$")
 _CLEAN = re.compile(r"[^a-z0-9:_]")
@@ -290,14 +290,14 @@ def read_rapl(sysfs, invalid=None):
         used.add(domain)
         path = os.path.join(base, n, "energy_uj")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            os.close(fd)
-        except PermissionError:
+            energy = _number(read_file(path, SYSFS_LIMIT))
+        except FileTooLarge:
+            energy = INVALID
+        except PermissionError:          # root-only since Linux 5.10: said, not just skipped
             denied.append(domain)
             continue
         except OSError:
             continue
-        energy = _read_number(path)
         rng = _read_number(os.path.join(base, n, "max_energy_range_uj"))
         if energy is None:
             continue
